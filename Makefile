@@ -1,0 +1,30 @@
+# The two commands a newcomer runs (see README):
+#   make demo   — set up everything, then run `release-gate demo` offline
+#   make test   — set up everything, then run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint benchmark clean
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(VENV)/bin/release-gate assets fetch
+
+demo: setup
+	$(VENV)/bin/release-gate demo
+
+test: setup
+	$(VENV)/bin/ruff check release_gate tests benchmarks
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -rs
+
+benchmark: setup
+	$(PY) benchmarks/bench_decompose.py
+	$(PY) benchmarks/bench_calibration.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,217 @@
+"""Adapter + sensitivities + policy → a refined variant adapter with its sidecar.
+
+The library entry point behind ``release-gate edit`` and, later, the run
+pipeline: decompose the edit targets once, reuse one calibration for every
+policy, and write each variant as a PEFT directory plus ``spectral_edit.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from .adapter import (
+    DEFAULT_TARGETS,
+    LoraAdapter,
+    LoraModule,
+    check_output_dir,
+    load_adapter,
+    write_adapter,
+)
+from .calibration import CalibrationConfig, Sensitivities, calibrate
+from .policies import ModuleSignal, Policy
+from .policy_files import resolve_policy
+from .spectral import Spectrum, rebuild_balanced, rebuild_gauge, thin_svd
+
+SIDECAR = "spectral_edit.json"
+SIDECAR_VERSION = 1
+REBUILDS = ("gauge", "balanced")
+
+
+@dataclass(frozen=True)
+class ModuleEdit:
+    """What a policy did to one module (the sidecar's per-module record)."""
+
+    name: str
+    layer: int | None
+    kind: str
+    rank: int
+    scale: float
+    sigma: np.ndarray
+    sigma_new: np.ndarray
+    alpha: np.ndarray
+    raw_alpha: np.ndarray
+    g_mean_abs: np.ndarray | None
+    g_mean_signed: np.ndarray | None
+    note: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+
+@dataclass
+class Variant:
+    """A refined adapter in memory: new tensors plus the record of every edit."""
+
+    name: str
+    policy: Policy
+    rebuild: str
+    tensors: dict[str, torch.Tensor]
+    edits: list[ModuleEdit] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"{e.name}: {e.note}" for e in self.edits if e.note]
+
+
+def decompose(modules: list[LoraModule]) -> dict[str, Spectrum]:
+    """Exact thin SVD of every module to edit, keyed by module name."""
+    return {m.name: thin_svd(m.B, m.A, m.scale) for m in modules}
+
+
+def make_variant(
+    adapter: LoraAdapter,
+    spectra: dict[str, Spectrum],
+    policy: Policy,
+    sensitivities: Sensitivities | None = None,
+    rebuild: str = "gauge",
+) -> Variant:
+    """Apply ``policy`` to every module in ``spectra`` and rebuild the factors.
+
+    ``gauge`` keeps ``B`` bit-identical and rewrites ``A``; ``balanced``
+    splits √σ' evenly between new ``B`` and ``A``. Untouched tensors are
+    shared with ``adapter`` (never modified in place).
+    """
+    if rebuild not in REBUILDS:
+        raise BadInput(f"rebuild: must be one of {', '.join(REBUILDS)}, got {rebuild!r}")
+    if policy.needs_calibration and sensitivities is None:
+        raise BadInput(f"policy {policy.name!r} ({policy.kind}) needs calibration data (--calibration FILE)")
+    tensors = dict(adapter.tensors)
+    edits = []
+    for name, spectrum in spectra.items():
+        module = adapter.modules[name]
+        signal = ModuleSignal(
+            name=name,
+            sigma=spectrum.sigma.numpy(),
+            mean_abs=None if sensitivities is None else sensitivities.mean_abs(name),
+            mean_signed=None if sensitivities is None else sensitivities.mean_signed(name),
+        )
+        scaling = policy.apply(signal)
+        alpha = torch.from_numpy(scaling.alpha)
+        if rebuild == "gauge":
+            tensors[module.a_key] = rebuild_gauge(module.A, spectrum.V, alpha).to(module.A.dtype)
+        else:
+            new_b, new_a = rebuild_balanced(spectrum, torch.from_numpy(scaling.sigma_new), module.scale)
+            tensors[module.b_key] = new_b.to(module.B.dtype)
+            tensors[module.a_key] = new_a.to(module.A.dtype)
+        edits.append(ModuleEdit(
+            name=name, layer=module.layer, kind=module.kind, rank=module.rank, scale=module.scale,
+            sigma=signal.sigma, sigma_new=scaling.sigma_new, alpha=scaling.alpha,
+            raw_alpha=scaling.raw_alpha, g_mean_abs=signal.mean_abs, g_mean_signed=signal.mean_signed,
+            note=scaling.note,
+        ))
+    return Variant(policy.name, policy, rebuild, tensors, edits)
+
+
+def sidecar(
+    variant: Variant, adapter: LoraAdapter, base_model: str | None, sensitivities: Sensitivities | None
+) -> dict[str, Any]:
+    """The ``spectral_edit.json`` document: everything needed to audit or redo the edit."""
+    calibration = None
+    if sensitivities is not None:
+        calibration = {k: v for k, v in sensitivities.provenance.items() if k != "cache_hit"}
+    return {
+        "schema_version": SIDECAR_VERSION,
+        "variant": variant.name,
+        "policy": {"name": variant.policy.name, **variant.policy.parameters()},
+        "rebuild": variant.rebuild,
+        "source_adapter": {"path": str(adapter.path), "sha256": adapter.sha256},
+        "base_model": base_model,
+        "calibration": calibration,
+        "notes": variant.notes,
+        "modules": [e.to_json() for e in variant.edits],
+        "versions": package_versions(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("release-gate", "torch", "transformers", "peft", "safetensors", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_variant(
+    variant: Variant, adapter: LoraAdapter, out_dir: Path, base_model: str | None,
+    sensitivities: Sensitivities | None,
+) -> Path:
+    """Write the variant as a PEFT directory with its sidecar, atomically."""
+    document = sidecar(variant, adapter, base_model, sensitivities)
+    return write_adapter(
+        out_dir, adapter.config_bytes, variant.tensors,
+        {SIDECAR: json.dumps(document, indent=1, ensure_ascii=False)},
+    )
+
+
+@dataclass
+class EditRequest:
+    """Everything ``release-gate edit`` needs (the Python API mirrors the CLI)."""
+
+    base_model: str
+    adapter: Path
+    policy: str
+    out: Path
+    calibration: CalibrationConfig | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    layers: tuple[int, ...] | None = None
+    rebuild: str = "gauge"
+    cache_dir: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    overwrite: bool = False
+    policy_dirs: tuple[Path, ...] = ()
+
+
+def edit(request: EditRequest) -> tuple[Path, Variant]:
+    """Refine one adapter with one policy and write the variant directory.
+
+    Inputs are validated before any computation, and the output directory is
+    checked before anything is written, so a bad call changes nothing on disk.
+    """
+    from ..assets import default_cache_dir
+
+    policy = resolve_policy(request.policy, request.overrides, list(request.policy_dirs)).arms()[0]
+    adapter = load_adapter(request.adapter)
+    check_output_dir(request.out, [request.adapter], request.overwrite)
+    if request.rebuild not in REBUILDS:
+        raise BadInput(f"--rebuild: must be one of {', '.join(REBUILDS)}, got {request.rebuild!r}")
+    modules = adapter.select(request.targets, request.layers)
+    spectra = decompose(modules)
+    sensitivities = None
+    if policy.needs_calibration:
+        if request.calibration is None:
+            raise BadInput(f"policy {policy.name!r} needs calibration data: pass --calibration FILE")
+        sensitivities = calibrate(
+            request.base_model, adapter, spectra, request.calibration,
+            request.cache_dir or default_cache_dir(), request.device, request.dtype,
+        )
+    else:
+        from .calibration import check_base_model
+
+        check_base_model(request.base_model, adapter)
+    variant = make_variant(adapter, spectra, policy, sensitivities, request.rebuild)
+    return write_variant(variant, adapter, request.out, request.base_model, sensitivities), variant

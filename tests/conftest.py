@@ -1,0 +1,26 @@
+"""Shared fixtures: offline environment, tiny real models and adapters."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from factories import make_adapter, save_tiny_llama, tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory) -> Path:
+    return make_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter") / "lora")
