@@ -28,8 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from factories import make_adapter  # noqa: E402
-
 from release_gate.assets import fetch  # noqa: E402
 from release_gate.surgery.adapter import load_adapter  # noqa: E402
 from release_gate.surgery.calibration import (  # noqa: E402
@@ -43,6 +41,8 @@ from release_gate.surgery.calibration import (  # noqa: E402
     read_examples,
 )
 from release_gate.surgery.edit import decompose  # noqa: E402
+
+from factories import make_adapter  # noqa: E402
 
 SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -137,6 +137,7 @@ def main() -> None:
     print(f"workload: N={len(encoded)} GSM8K pairs, {tokens} tokens, {len(spectra)} edited modules, "
           f"r=16 on 7 projections, SmolLM2-135M float32, {torch.get_num_threads()} threads")
 
+    per_example_sensitivities(model, encoded[:8], spectra, args.batch_size, tokenizer.pad_token_id)  # warm-up
     t_plain, _ = timed(plain_forward_backward, model, encoded, dict(model.named_modules())[next(iter(spectra))],
                        args.batch_size, tokenizer.pad_token_id)
     t_ours, per_example = timed(per_example_sensitivities, model, encoded, spectra, args.batch_size,

@@ -11,7 +11,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from release_gate.errors import BadInput
-from release_gate.surgery.adapter import check_output_dir, load_adapter
+from release_gate.surgery.adapter import check_output_dir, check_servable, load_adapter
 
 from factories import make_adapter, tiny_llama
 
@@ -176,3 +176,17 @@ def test_output_dir_inside_input_is_refused(tiny_adapter_dir, tmp_path):
     (existing / "keep.txt").write_text("mine")
     with pytest.raises(BadInput, match="exists and is not empty; pass --overwrite"):
         check_output_dir(existing, [tiny_adapter_dir], overwrite=False)
+
+
+def test_rank_above_vllm_limit_is_refused(tmp_path):
+    path = tmp_path / "huge"
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 520, "lora_alpha": 16, "target_modules": ["o_proj"]}))
+    save_file({
+        "base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight": torch.randn(520, 1024),
+        "base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight": torch.randn(1024, 520),
+    }, str(path / "adapter_model.safetensors"))
+    adapter = load_adapter(path)  # inspect can still read it
+    with pytest.raises(BadInput, match="rank 520, above vLLM's maximum LoRA rank 512"):
+        check_servable(adapter)

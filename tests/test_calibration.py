@@ -13,6 +13,7 @@ from release_gate.surgery.adapter import load_adapter
 from release_gate.surgery.calibration import (
     CalibrationConfig,
     Encoded,
+    check_no_overlap,
     length_buckets,
     per_example_sensitivities,
     read_examples,
@@ -150,3 +151,19 @@ def test_calibration_bad_inputs(tmp_path, content, cfg, message):
     assert str(path) in str(info.value)
     if content is not None:
         assert path.read_text() == content  # the user's file is untouched
+
+
+def test_overlap_with_evaluation_items_is_refused(tmp_path):
+    question = "Where would you put a plate after washing it with soap and water?"
+    calib = write_jsonl(tmp_path / "calib.jsonl", [
+        {"prompt": "Question: What is the tallest mountain on the planet Earth, by elevation?\nAnswer:", "answer": " A"},
+        {"prompt": f"Question:   {question.upper()}\nA. cupboard\nAnswer:", "answer": " A"},
+    ])
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", [{"question": "Unrelated but long enough question text?"},
+                                                        {"question": question}])
+    examples, _ = read_examples(CalibrationConfig(calib, n=2))
+    with pytest.raises(BadInput, match=r"line 2 overlaps evaluation item .*eval\.jsonl: line 2"):
+        check_no_overlap(examples, [evaluation])
+    check_no_overlap(examples[:1], [evaluation])  # disjoint rows pass
+    with pytest.raises(BadInput, match="evaluation data file not found"):
+        check_no_overlap(examples, [tmp_path / "missing.jsonl"])

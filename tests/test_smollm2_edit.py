@@ -13,9 +13,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from factories import make_adapter
 from release_gate.assets import fetch
 from release_gate.surgery.adapter import directory_sha256
+
+from factories import make_adapter
 
 pytestmark = pytest.mark.slow
 SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -33,22 +35,48 @@ def test_thin_svd_matches_dense(shape, dtype):
     torch.testing.assert_close(spec.U.T @ spec.U, torch.eye(r, dtype=torch.float64), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e5, 1e9])
+def test_thin_svd_orthonormal_across_conditioning(cond):
+    """Both routes (Gram/Cholesky and the Householder fallback) give orthonormal frames."""
+    gen = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(500, 8, generator=gen, dtype=torch.float64))
+    B = q * torch.logspace(0, math.log10(cond), 8, dtype=torch.float64)
+    A = torch.randn(8, 300, generator=gen, dtype=torch.float64)
+    spec = thin_svd(B, A, 1.0)
+    eye = torch.eye(8, dtype=torch.float64)
+    torch.testing.assert_close(spec.U.T @ spec.U, eye, atol=1e-9, rtol=0)
+    torch.testing.assert_close(spec.V.T @ spec.V, eye, atol=1e-9, rtol=0)
+    torch.testing.assert_close(spec.dense(), B @ A, atol=1e-9 * (B @ A).abs().max().item(), rtol=0)
+
+
+def test_thin_svd_of_ill_conditioned_factors_matches_dense():
+    gen = torch.Generator().manual_seed(11)
+    B = torch.randn(64, 8, generator=gen, dtype=torch.float64) * torch.logspace(0, -7, 8, dtype=torch.float64)
+    A = torch.randn(8, 48, generator=gen, dtype=torch.float64)
+    spec = thin_svd(B, A, 1.0)
+    dense = torch.linalg.svdvals(B @ A)[:8]
+    torch.testing.assert_close(spec.sigma, dense, rtol=1e-5, atol=0)
+
+
 def test_thin_svd_rejects_rank_above_dimensions():
     B, A = _factors(4, 10, 6)
     with pytest.raises(ValueError, match="exceeds"):
         thin_svd(B, A, 1.0)
 
 
-def test_gauge_rebuild_is_exact_and_keeps_identity():
-    B, A = _factors(40, 30, 6, seed=3)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
+def test_gauge_rebuild_is_exact_and_keeps_identity(dtype, tol):
+    B, A = _factors(40, 30, 6, seed=3, dtype=dtype)
     spec = thin_svd(B, A, 0.5)
     alpha = torch.tensor([1.25, 0.8, 1.0, 1.1, 0.0, 2.0], dtype=torch.float64)
-    A_new = rebuild_gauge(A, spec.V, alpha)
-    edited = 0.5 * B.double() @ A_new
+    A_new = rebuild_gauge(A, spec, alpha)
+    assert A_new.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)  # never bf16 math
+    edited = 0.5 * B.double() @ A_new.double()
     expected = (spec.U * (alpha * spec.sigma)) @ spec.V.T
-    torch.testing.assert_close(edited, expected, rtol=1e-9, atol=1e-10)
-    identity = rebuild_gauge(A, spec.V, torch.ones(6, dtype=torch.float64))
-    torch.testing.assert_close(identity, A.double(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(edited, expected, rtol=tol, atol=tol * expected.abs().max().item())
+    identity = rebuild_gauge(A, spec, torch.ones(6, dtype=torch.float64))
+    assert torch.equal(identity, A)  # exact: B and A are untouched by an identity edit
+    torch.testing.assert_close(spec.AV, A.double() @ spec.V, rtol=1e-9, atol=1e-12)
 
 
 def test_balanced_rebuild_is_exact():

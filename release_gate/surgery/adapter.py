@@ -29,6 +29,8 @@ SAFETENSORS_FILE = "adapter_model.safetensors"
 BIN_FILE = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."
 DEFAULT_TARGETS = ("o_proj", "down_proj")
+#: The largest ``max_lora_rank`` vLLM supports (1, 8, 16, …, 320, 512).
+VLLM_MAX_LORA_RANK = 512
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -243,6 +245,16 @@ def _check_values(adapter: LoraAdapter) -> None:
         raise BadInput(
             f"{adapter.weights_file}: every LoRA module has an all-zero factor, so ΔW = 0 "
             "(an untrained adapter?): there is nothing to refine"
+        )
+
+
+def check_servable(adapter: LoraAdapter) -> None:
+    """Refuse adapters vLLM cannot serve: variants of them could never be evaluated."""
+    worst = max(adapter.modules.values(), key=lambda m: m.rank)
+    if worst.rank > VLLM_MAX_LORA_RANK:
+        raise BadInput(
+            f"{adapter.path}: module {worst.name!r} has rank {worst.rank}, above vLLM's maximum LoRA rank "
+            f"{VLLM_MAX_LORA_RANK}"
         )
 
 

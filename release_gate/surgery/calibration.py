@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class CalibrationConfig:
     ``separator`` is inserted between prompt and answer in the ``raw``
     template; ``chat`` wraps the prompt (or all but the last of ``messages``)
     in the tokenizer's chat template with a generation prompt, as vLLM does.
+    ``exclude`` lists evaluation JSONL files the selected rows must not overlap.
     """
 
     file: Path
@@ -55,6 +57,7 @@ class CalibrationConfig:
     offset: int = 0
     batch_size: int = 8
     max_length: int = 1024
+    exclude: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
@@ -70,6 +73,7 @@ class CalibrationConfig:
         out = asdict(self)
         out.pop("file")
         out.pop("batch_size")  # exact per-example values do not depend on batching
+        out.pop("exclude")  # a guard: it refuses rows, it never changes them
         return out
 
 
@@ -153,6 +157,63 @@ def _parse_messages(where: str, index: int, line_no: int, messages: Any, cfg: Ca
     if not messages[-1]["content"].strip():
         raise BadInput(f"{where}: the assistant answer is empty (nothing to compute a loss on)")
     return Example(index, line_no, [dict(m) for m in messages[:-1]], messages[-1]["content"])
+
+
+#: Text fields of evaluation rows compared against calibration prompts.
+EVAL_TEXT_FIELDS = ("question", "prompt", "input", "text", "problem", "instruction")
+#: Shorter evaluation texts are too generic to count as overlap.
+MIN_OVERLAP_CHARS = 24
+
+
+def normalize_text(text: str) -> str:
+    """Case-, width- and whitespace-insensitive form used for overlap checks."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def check_no_overlap(examples: Sequence[Example], eval_files: Sequence[Path]) -> None:
+    """Refuse calibration rows that contain an evaluation item's text.
+
+    Calibrating on evaluation items would leak the test set into the edit and
+    inflate the gate's evidence. An evaluation row overlaps when its
+    normalized question/prompt text appears inside a normalized calibration
+    prompt or answer.
+    """
+    haystacks = [
+        (e, normalize_text(_example_text(e))) for e in examples
+    ]
+    for path in eval_files:
+        for line_no, text in _eval_texts(Path(path)):
+            needle = normalize_text(text)
+            if len(needle) < MIN_OVERLAP_CHARS:
+                continue
+            for example, hay in haystacks:
+                if needle in hay:
+                    raise BadInput(
+                        f"calibration row at line {example.line} overlaps evaluation item "
+                        f"{path}: line {line_no} ({text[:60]!r}…); calibration and evaluation must be disjoint"
+                    )
+
+
+def _example_text(example: Example) -> str:
+    prompt = example.prompt if isinstance(example.prompt, str) else "\n".join(m["content"] for m in example.prompt)
+    return f"{prompt}\n{example.answer}"
+
+
+def _eval_texts(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise BadInput(f"{path}: evaluation data file not found")
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+            if isinstance(row, dict):
+                out += [(line_no, row[k]) for k in EVAL_TEXT_FIELDS if isinstance(row.get(k), str)]
+    return out
 
 
 def encode(example: Example, tokenizer: Any, cfg: CalibrationConfig) -> Encoded:
@@ -415,6 +476,7 @@ def calibrate(
     """
     run_device, run_dtype = resolve_device(device, dtype)
     examples, indices = read_examples(cfg)
+    check_no_overlap(examples, cfg.exclude)
     data_sha = file_sha256(Path(cfg.file))
     parts = {
         "adapter": adapter.sha256, "base_model": _model_identity(base_model), "data": data_sha,

@@ -22,10 +22,11 @@ from .adapter import (
     LoraAdapter,
     LoraModule,
     check_output_dir,
+    check_servable,
     load_adapter,
     write_adapter,
 )
-from .calibration import CalibrationConfig, Sensitivities, calibrate
+from .calibration import CalibrationConfig, Sensitivities, calibrate, check_base_model
 from .policies import ModuleSignal, Policy
 from .policy_files import resolve_policy
 from .spectral import Spectrum, rebuild_balanced, rebuild_gauge, thin_svd
@@ -109,7 +110,7 @@ def make_variant(
         scaling = policy.apply(signal)
         alpha = torch.from_numpy(scaling.alpha)
         if rebuild == "gauge":
-            tensors[module.a_key] = rebuild_gauge(module.A, spectrum.V, alpha).to(module.A.dtype)
+            tensors[module.a_key] = rebuild_gauge(module.A, spectrum, alpha).to(module.A.dtype)
         else:
             new_b, new_a = rebuild_balanced(spectrum, torch.from_numpy(scaling.sigma_new), module.scale)
             tensors[module.b_key] = new_b.to(module.B.dtype)
@@ -186,6 +187,45 @@ class EditRequest:
     policy_dirs: tuple[Path, ...] = ()
 
 
+def refine(
+    base_model: str,
+    adapter: LoraAdapter,
+    policies: list[Policy],
+    out_dirs: dict[str, Path],
+    calibration: CalibrationConfig | None,
+    cache_dir: Path,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    layers: tuple[int, ...] | None = None,
+    rebuild: str = "gauge",
+    device: str = "auto",
+    dtype: str = "auto",
+) -> list[tuple[Path, Variant]]:
+    """Write one variant per policy arm, sharing one decomposition and one calibration.
+
+    ``out_dirs`` maps each arm name (``policy.arms()``) to its directory.
+    Calibration runs only when some policy needs it; otherwise the base model
+    is shape-checked without loading its weights.
+    """
+    if rebuild not in REBUILDS:
+        raise BadInput(f"rebuild: must be one of {', '.join(REBUILDS)}, got {rebuild!r}")
+    check_servable(adapter)
+    spectra = decompose(adapter.select(targets, layers))
+    sensitivities = None
+    if any(p.needs_calibration for p in policies):
+        if calibration is None:
+            needy = next(p.name for p in policies if p.needs_calibration)
+            raise BadInput(f"policy {needy!r} needs calibration data: pass --calibration FILE")
+        sensitivities = calibrate(base_model, adapter, spectra, calibration, cache_dir, device, dtype)
+    else:
+        check_base_model(base_model, adapter)
+    written = []
+    for policy in policies:
+        variant = make_variant(adapter, spectra, policy, sensitivities, rebuild)
+        used = sensitivities if policy.needs_calibration else None
+        written.append((write_variant(variant, adapter, out_dirs[policy.name], base_model, used), variant))
+    return written
+
+
 def edit(request: EditRequest) -> tuple[Path, Variant]:
     """Refine one adapter with one policy and write the variant directory.
 
@@ -197,21 +237,9 @@ def edit(request: EditRequest) -> tuple[Path, Variant]:
     policy = resolve_policy(request.policy, request.overrides, list(request.policy_dirs)).arms()[0]
     adapter = load_adapter(request.adapter)
     check_output_dir(request.out, [request.adapter], request.overwrite)
-    if request.rebuild not in REBUILDS:
-        raise BadInput(f"--rebuild: must be one of {', '.join(REBUILDS)}, got {request.rebuild!r}")
-    modules = adapter.select(request.targets, request.layers)
-    spectra = decompose(modules)
-    sensitivities = None
-    if policy.needs_calibration:
-        if request.calibration is None:
-            raise BadInput(f"policy {policy.name!r} needs calibration data: pass --calibration FILE")
-        sensitivities = calibrate(
-            request.base_model, adapter, spectra, request.calibration,
-            request.cache_dir or default_cache_dir(), request.device, request.dtype,
-        )
-    else:
-        from .calibration import check_base_model
-
-        check_base_model(request.base_model, adapter)
-    variant = make_variant(adapter, spectra, policy, sensitivities, request.rebuild)
-    return write_variant(variant, adapter, request.out, request.base_model, sensitivities), variant
+    [(out, variant)] = refine(
+        request.base_model, adapter, [policy], {policy.name: request.out}, request.calibration,
+        request.cache_dir or default_cache_dir(), request.targets, request.layers, request.rebuild,
+        request.device, request.dtype,
+    )
+    return out, variant

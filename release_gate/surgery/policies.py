@@ -138,6 +138,15 @@ def _fraction(policy: Policy, *keys: str) -> None:
             raise InvalidParameter(key, f"must be a fraction in [0, 1], got {value}")
 
 
+def _factors(policy: Policy) -> None:
+    """amp/sup/mid factors are non-negative and amplification is not below suppression."""
+    _non_negative(policy, "amp_factor", "sup_factor", "mid_factor")
+    if policy.amp_factor < policy.sup_factor:
+        raise InvalidParameter(
+            "amp_factor", f"must be ≥ sup_factor ({policy.amp_factor} < {policy.sup_factor})", ("sup_factor",)
+        )
+
+
 def finalize(
     sigma: np.ndarray,
     alpha: np.ndarray,
@@ -204,11 +213,8 @@ class _ThreeLevel(Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         _fraction(self, "core_frac", "noise_frac")
-        _non_negative(self, "amp_factor", "sup_factor", "mid_factor", "min_core_k")
-        if self.amp_factor < self.sup_factor:
-            raise InvalidParameter(
-                "amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", ("sup_factor",)
-            )
+        _non_negative(self, "min_core_k")
+        _factors(self)
 
     def counts(self, r: int) -> tuple[int, int]:
         """``(k_core, k_noise)`` with Python ``round`` as in the reference code."""
@@ -305,11 +311,7 @@ class SmoothAbs(Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         _fraction(self, "core_frac", "noise_frac", "center_q")
-        _non_negative(self, "amp_factor", "sup_factor", "mid_factor")
-        if self.amp_factor < self.sup_factor:
-            raise InvalidParameter(
-                "amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", ("sup_factor",)
-            )
+        _factors(self)
         if self.temperature <= 0:
             raise InvalidParameter("temperature", f"must be > 0, got {self.temperature}")
         aligned = self.align_mid and self.amp_factor > self.sup_factor
