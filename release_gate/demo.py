@@ -156,7 +156,7 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, log=print) -> dict[st
     timings["variants"] = time.perf_counter() - t
     diagnostics = diagnose(adapter)
     (out_dir / "inspect.json").write_text(json.dumps(diagnostics, indent=1))
-    log(format_text(diagnostics))
+    log(format_text(diagnostics, max_rows=8))
     log("")
     for path, variant in written:
         change = max(float(abs(e.alpha - 1.0).max()) for e in variant.edits)

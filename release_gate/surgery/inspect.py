@@ -120,8 +120,11 @@ def _cross_module(by_kind: dict[str, list[LoraModule]], spectra: dict[str, Spect
     return {"layers": layers, "m": m, "align_u": overlap, "mean_align_u": float(np.mean(overlap)), "random_align_u": m / d}
 
 
-def format_text(report: dict[str, Any], max_sigma: int = 6) -> str:
-    """A terminal summary of :func:`diagnose` (the full numbers are in ``--json``)."""
+def format_text(report: dict[str, Any], max_sigma: int = 6, max_rows: int | None = None) -> str:
+    """A terminal summary of :func:`diagnose` (the full numbers are in ``--json``).
+
+    ``max_rows`` caps the per-module table (the alignment summary always shows).
+    """
     lines = [
         f"adapter  {report['adapter']}",
         f"sha256   {report['sha256']}",
@@ -129,13 +132,16 @@ def format_text(report: dict[str, Any], max_sigma: int = 6) -> str:
         "",
         f"{'module':<44} {'rank':>4} {'σ₁':>9} {'top20%':>7} {'eff.rank':>8}  σ (first {max_sigma})",
     ]
-    for row in report["modules"]:
+    rows = report["modules"] if max_rows is None else report["modules"][:max_rows]
+    for row in rows:
         sigma = row["sigma"]
         head = " ".join(f"{s:.3g}" for s in sigma[:max_sigma])
         lines.append(
             f"{row['name']:<44} {row['rank']:>4} {sigma[0] if sigma else 0:>9.4g} "
             f"{row['energy_top']:>7.1%} {row['effective_rank']:>8.2f}  {head}"
         )
+    if len(rows) < len(report["modules"]):
+        lines.append(f"… {len(report['modules']) - len(rows)} more modules (all numbers: inspect --json)")
     for kind, block in report["alignment"].items():
         lines += [
             "",
