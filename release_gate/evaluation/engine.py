@@ -1,0 +1,150 @@
+"""One vLLM engine for every arm (SPEC §6): LoRA ids by content, settings recorded.
+
+vLLM caches adapters by integer id, so reusing an id for different weights
+silently serves the old adapter; every distinct adapter *content* therefore
+gets its own name and id. All arms share one engine and the same settings,
+so the only difference between their scores is the adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput, RuntimeFailure
+from ..surgery.adapter import VLLM_MAX_LORA_RANK, load_adapter
+
+#: ``max_lora_rank`` values vLLM accepts.
+SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, VLLM_MAX_LORA_RANK)
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM supports that fits ``rank``."""
+    for slot in SUPPORTED_LORA_RANKS:
+        if rank <= slot:
+            return slot
+    raise BadInput(f"LoRA rank {rank} is above vLLM's maximum LoRA rank {VLLM_MAX_LORA_RANK}")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One thing to evaluate: the base model (``adapter=None``) or a LoRA adapter."""
+
+    name: str
+    adapter: Path | None = None
+    sha256: str = ""
+    rank: int = 0
+    projections: tuple[str, ...] = ()
+
+    @classmethod
+    def base(cls) -> Arm:
+        return cls("base")
+
+    @classmethod
+    def from_adapter(cls, name: str, path: Path) -> Arm:
+        """Validate the adapter directory and record what the engine needs of it."""
+        adapter = load_adapter(path)
+        kinds = tuple(sorted({m.kind for m in adapter.modules.values()}))
+        return cls(name, Path(path).resolve(), adapter.sha256, adapter.max_rank, kinds)
+
+    @property
+    def lora_name(self) -> str:
+        """A name unique per content: vLLM must never confuse two adapters."""
+        return f"{self.name}-{self.sha256[:16]}"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that can change a score besides the adapter (recorded, hashed)."""
+
+    model: str
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    max_lora_rank: int = 16
+    max_loras: int = 1
+    lora_target_modules: tuple[str, ...] = ()
+    gpu_memory_utilization: float = 0.25
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_arms(cls, model: str, arms: Sequence[Arm], **overrides: Any) -> EngineSettings:
+        """Size LoRA slots to the arms: rank slot ≥ every adapter, one slot per adapter arm."""
+        adapters = [a for a in arms if a.adapter is not None]
+        rank = max((a.rank for a in adapters), default=1)
+        targets = tuple(sorted({p for a in adapters for p in a.projections}))
+        sized = {"max_lora_rank": lora_rank_slot(rank), "max_loras": max(1, len(adapters)),
+                 "lora_target_modules": targets}
+        return cls(model=model, **{**sized, **overrides})
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cpu_defaults() -> None:
+    """vLLM-CPU settings that work on small machines (SPEC §11), unless the user set them."""
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
+
+
+class Engine:
+    """A started ``vllm.LLM(enable_lora=True)`` plus the LoRA id registry."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        _cpu_defaults()
+        from vllm import LLM
+
+        self.settings = settings
+        self._ids: dict[str, int] = {}
+        try:
+            self.llm = LLM(
+                model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
+                enable_lora=True, max_lora_rank=settings.max_lora_rank, max_loras=settings.max_loras,
+                max_cpu_loras=max(settings.max_loras, 1),
+                lora_target_modules=list(settings.lora_target_modules) or None,
+                gpu_memory_utilization=settings.gpu_memory_utilization, seed=settings.seed,
+                **settings.extra,
+            )
+        except Exception as exc:  # vLLM raises many types; keep its own cause in the message
+            raise RuntimeFailure(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def lora_request(self, arm: Arm) -> Any:
+        """The ``LoRARequest`` for ``arm`` (``None`` for the base model); one id per content."""
+        if arm.adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        if arm.rank > self.settings.max_lora_rank:
+            raise BadInput(f"adapter {arm.adapter}: rank {arm.rank} above the engine's max_lora_rank "
+                           f"{self.settings.max_lora_rank}")
+        lora_id = self._ids.setdefault(arm.sha256, len(self._ids) + 1)
+        return LoRARequest(arm.lora_name, lora_id, str(arm.adapter))
+
+    def generate(self, prompts: Sequence[list[int]], params: Any, arms: Sequence[Arm]) -> list[Any]:
+        """One ``generate`` call over token-id prompts, each with its own arm's LoRA.
+
+        ``params`` is one ``SamplingParams`` or a list with one per prompt.
+        """
+        from vllm.inputs import TokensPrompt
+
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        requests = [self.lora_request(a) for a in arms]
+        return self.llm.generate(inputs, params, lora_request=requests, use_tqdm=False)
+
+    def close(self) -> None:
+        """Stop the engine's worker processes."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if shutdown:
+                shutdown()
+            self.llm = None

