@@ -120,3 +120,26 @@ def test_offline_generation_tasks_run(stack):
     assert any(i.response.strip() for i in ifeval)  # real generations (an instruct model may stop at once)
     gsm8k = scores[("base", "gsm8k")]
     assert len(gsm8k) == 2 and all("exact_match,strict-match" in i.metrics for i in gsm8k)
+
+
+def test_cross_arm_batching_matches_sequential_with_fewer_engine_calls(stack, monkeypatch):
+    arms = list(stack["arms"].values())
+    lm = SharedEngineLM(stack["engine"], arms[0])
+    tasks = [resolve_task(TaskRequest("commonsense_qa", "acc", limit=4), stack["manager"]),
+             resolve_task(TaskRequest("ifeval", "prompt_level_loose_acc", limit=2, max_gen_toks=24), stack["manager"])]
+    calls = []
+    original = type(stack["engine"]).generate
+    monkeypatch.setattr(type(stack["engine"]), "generate",
+                        lambda self, prompts, params, owners: calls.append(len(prompts)) or original(self, prompts, params, owners))
+    batched = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "batched"), cross_arm=True)
+    batched_calls, calls[:] = len(calls), []
+    sequential = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "sequential"), cross_arm=False)
+    assert batched_calls < len(calls)
+    for key, items in sequential.items():
+        assert [(i.doc_id, i.metrics, i.response) for i in batched[key]] == [(i.doc_id, i.metrics, i.response) for i in items]
+
+
+def test_backend_is_registered_with_lm_eval():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("release-gate") is SharedEngineLM

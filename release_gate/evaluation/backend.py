@@ -27,20 +27,38 @@ class SharedEngineLM(TemplateLM):
 
     def __init__(
         self, engine: Engine | None = None, arm: Arm | None = None, pretrained: str | None = None,
-        lora: str | None = None, add_bos_token: bool | None = None, batch_size: int = 64, **engine_args: Any,
+        lora: str | None = None, add_bos_token: bool | None = None, batch_size: int | str = 64,
+        peers: tuple[Arm, ...] = (), stash: dict | None = None, device: str | None = None,
+        max_batch_size: int | None = None, **engine_args: Any,
     ) -> None:
         super().__init__()
-        if engine is None:  # `lm_eval --model release-gate --model_args pretrained=…,lora=…`
+        if engine is None:  # lm_eval.simple_evaluate(model="release-gate", model_args="pretrained=…,lora=…")
             arm = Arm.from_adapter("lora", lora) if lora else Arm.base()
             engine = Engine(EngineSettings.for_arms(pretrained, [arm], **engine_args))
         self.engine = engine
         self.arm = arm or Arm.base()
         self.add_bos_token = add_bos_token
-        self.batch_size_per_call = int(batch_size)
+        self.batch_size_per_call = int(batch_size) if str(batch_size).isdigit() else 64
+        self.peers = tuple(p for p in peers if p.name != self.arm.name)
+        self.stash: dict[tuple[str, Any], Any] = {} if stash is None else stash
 
     def for_arm(self, arm: Arm) -> SharedEngineLM:
-        """The same engine, another adapter (no engine restart)."""
-        return SharedEngineLM(self.engine, arm, add_bos_token=self.add_bos_token, batch_size=self.batch_size_per_call)
+        """The same engine (and cross-arm stash), another adapter: no engine restart."""
+        everyone = (self.arm, *self.peers)
+        return SharedEngineLM(
+            self.engine, arm, add_bos_token=self.add_bos_token, batch_size=self.batch_size_per_call,
+            peers=tuple(a for a in everyone if a.name != arm.name), stash=self.stash,
+        )
+
+    def batched_with(self, peers: tuple[Arm, ...]) -> SharedEngineLM:
+        """Cross-arm batching: each engine call also computes ``peers``' answers and stashes them.
+
+        lm-eval asks one arm at a time; the first arm's requests go to the engine
+        once for every pending arm (a per-prompt LoRA list), and the other arms'
+        identical requests are then answered from the stash.
+        """
+        return SharedEngineLM(self.engine, self.arm, add_bos_token=self.add_bos_token,
+                              batch_size=self.batch_size_per_call, peers=peers, stash={})
 
     @property
     def tokenizer(self) -> Any:
@@ -142,14 +160,26 @@ class SharedEngineLM(TemplateLM):
         return results
 
     def _generate(self, prompts: list[list[int]], params: Any) -> list[Any]:
-        """Chunked engine calls; ``params`` is one ``SamplingParams`` or one per prompt."""
-        out: list[Any] = []
-        step = self.batch_size_per_call
-        for start in range(0, len(prompts), step):
-            chunk = prompts[start : start + step]
-            chunk_params = params[start : start + step] if isinstance(params, list) else params
-            out += self.engine.generate(chunk, chunk_params, [self.arm] * len(chunk))
-        return out
+        """Engine outputs for this arm; ``params`` is one ``SamplingParams`` or one per prompt.
+
+        Prompts not already stashed are sent once for this arm and every peer
+        arm; the peers' outputs are stashed for their own lm-eval runs.
+        """
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        keys = [(tuple(p), repr(sp)) for p, sp in zip(prompts, per_prompt)]
+        missing = [i for i, key in enumerate(keys) if (self.arm.name, key) not in self.stash]
+        arms = (self.arm, *self.peers)
+        step = max(1, self.batch_size_per_call // len(arms))
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            outputs = self.engine.generate(
+                [prompts[i] for _ in arms for i in chunk], [per_prompt[i] for _ in arms for i in chunk],
+                [arm for arm in arms for _ in chunk],
+            )
+            for j, arm in enumerate(arms):
+                for i, output in zip(chunk, outputs[j * len(chunk) : (j + 1) * len(chunk)]):
+                    self.stash[(arm.name, keys[i])] = output
+        return [self.stash.pop((self.arm.name, key)) for key in keys]
 
 
 def _continuation_score(prompt_logprobs: list[dict | None], tokens: list[int], start: int) -> tuple[float, bool]:

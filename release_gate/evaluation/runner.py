@@ -123,21 +123,34 @@ def evaluate_arm_task(lm: SharedEngineLM, arm: Arm, resolved: ResolvedTask, mana
 
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], manager: Any, store: ItemStore,
+    cross_arm: bool = True,
 ) -> dict[tuple[str, str], list[Item]]:
-    """Scores for every (arm, task), from the store where present; returns items by (arm, task)."""
+    """Scores for every (arm, task), from the store where present; returns items by (arm, task).
+
+    With ``cross_arm`` the arms still missing for a task share engine calls
+    (one ``generate`` with a per-prompt LoRA list); each (arm, task) is still
+    stored as soon as it is scored.
+    """
     from tqdm.auto import tqdm
 
     engine_key = lm.engine.settings.key()
     out: dict[tuple[str, str], list[Item]] = {}
-    pairs = [(arm, task) for task in tasks for arm in arms]
-    with tqdm(total=len(pairs), desc="evaluation", unit="arm×task") as bar:
-        for arm, task in pairs:
+    with tqdm(total=len(arms) * len(tasks), desc="evaluation", unit="arm×task") as bar:
+        for task in tasks:
             name = task.request.name
-            bar.set_postfix_str(f"{arm.name} / {name}")
-            items = store.load(arm, name, task.key, engine_key)
-            if items is None:
-                items = evaluate_arm_task(lm, arm, task, manager)
+            pending = []
+            for arm in arms:
+                items = store.load(arm, name, task.key, engine_key)
+                if items is None:
+                    pending.append(arm)
+                else:
+                    out[(arm.name, name)] = items
+                    bar.update()
+            shared = lm.batched_with(tuple(pending)) if cross_arm and len(pending) > 1 else lm
+            for arm in pending:
+                bar.set_postfix_str(f"{arm.name} / {name}")
+                items = evaluate_arm_task(shared, arm, task, manager)
                 store.save(arm, name, task.key, engine_key, items)
-            out[(arm.name, name)] = items
-            bar.update()
+                out[(arm.name, name)] = items
+                bar.update()
     return out
