@@ -53,3 +53,16 @@ def test_lora_rank_slots():
     assert [lora_rank_slot(r) for r in (1, 2, 8, 9, 16, 300, 512)] == [1, 8, 8, 16, 16, 320, 512]
     with pytest.raises(BadInput, match="above vLLM's maximum LoRA rank 512"):
         lora_rank_slot(513)
+
+
+def test_humaneval_needs_explicit_code_execution(manager, tmp_path):
+    with pytest.raises(BadInput, match="executes model-written code: it runs only with allow_code_execution: true"):
+        resolve_task(TaskRequest("humaneval", "pass@1"), manager)
+    assets = fetch()
+    allowed = task_manager([write_offline_tasks(assets, tmp_path / "tasks", allow_code_execution=True)])
+    humaneval = resolve_task(TaskRequest("humaneval", "pass@1"), allowed)
+    docs = list(humaneval.task.eval_docs)
+    assert len(docs) == 164 and humaneval.metric_key == "pass@1,none"
+    process = humaneval.task.config.process_results
+    assert process(docs[0], [docs[0]["canonical_solution"]]) == {"pass@1": 1.0}  # really executed
+    assert process(docs[0], ["    return None\n"]) == {"pass@1": 0.0}

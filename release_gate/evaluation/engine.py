@@ -155,6 +155,12 @@ class Engine:
         requests = [self.lora_request(a) for a in arms]
         return self.llm.generate(inputs, params, lora_request=requests, use_tqdm=False)
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also on Ctrl-C: never leave engine processes behind
+
     def close(self) -> None:
         """Stop the engine's worker processes."""
         llm = getattr(self, "llm", None)

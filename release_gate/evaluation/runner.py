@@ -17,6 +17,7 @@ from ..errors import BadInput
 from .backend import SharedEngineLM
 from .engine import Arm
 from .store import Item, ItemStore, content_key
+from .tasks import CODE_TASKS
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def resolve_task(request: TaskRequest, manager: Any) -> ResolvedTask:
     try:
         task = get_task_dict([request.name], manager)[request.name]
     except (KeyError, ValueError) as exc:
+        if request.name in CODE_TASKS:
+            raise BadInput(f"task {request.name!r} executes model-written code: it runs only with "
+                           "allow_code_execution: true") from None
         raise BadInput(f"unknown task {request.name!r} ({exc})") from None
     config = task.config
     metrics = [m["metric"] for m in (config.metric_list or [])]

@@ -48,9 +48,21 @@ def builtin_task_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def write_offline_tasks(assets: Assets, directory: Path) -> Path:
-    """Write the offline task YAMLs for ``assets`` into ``directory`` (idempotent)."""
+CODE_TASKS = ("humaneval",)
+TEMPLATES = Path(__file__).with_name("task_templates")
+
+
+def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: bool = False) -> Path:
+    """Write the offline task YAMLs for ``assets`` into ``directory`` (idempotent).
+
+    HumanEval runs model-written code; its task is written only when the
+    caller allows code execution, so it cannot run by accident.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    if allow_code_execution:
+        template = (TEMPLATES / "humaneval.yaml").read_text(encoding="utf-8")
+        (directory / "humaneval.yaml").write_text(template.format(data_file=assets.humaneval), encoding="utf-8")
+        (directory / "humaneval_utils.py").write_text((TEMPLATES / "humaneval_utils.py").read_text(encoding="utf-8"))
     root = builtin_task_dir()
     for task in OFFLINE_TASKS:
         split_key = "test_split" if task.split != "validation" else "validation_split"
