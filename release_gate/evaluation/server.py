@@ -80,6 +80,7 @@ def unload(server: Server, arm: Arm) -> None:
 
 def evaluate_arm_task(server: Server, arm: Arm, resolved: ResolvedTask, manager: Any) -> list[Item]:
     """Score one (arm, task) through lm-eval's ``local-completions`` against the server."""
+    import lm_eval.models  # noqa: F401  (lm-eval imports its built-ins only while its registry is empty)
     from lm_eval import simple_evaluate
 
     request = resolved.request
