@@ -233,6 +233,7 @@ def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) ->
     say = progress or (lambda _msg: None)
     manifest = _read_manifest(root)
     if all(_asset_state(root, spec, manifest) == "ok" for spec in _SPECS):
+        _unshare(Assets.at(root).nltk_data)
         return Assets.at(root)
 
     try:
@@ -259,7 +260,24 @@ def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) ->
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     say(f"offline assets ready in {root}")
+    _unshare(Assets.at(root).nltk_data)
     return Assets.at(root)
+
+
+def _unshare(directory: Path) -> None:
+    """Give multiply-linked files under ``directory`` a private inode of their own.
+
+    NLTK refuses to open data files with more than one hard link (a CWE-59
+    guard), which a deduplicating backup or a hard-linked cache copy creates.
+    The copy keeps size and mtime, so the manifest still matches.
+    """
+    if not directory.is_dir():
+        return
+    for path in directory.rglob("*"):
+        if path.is_file() and path.stat().st_nlink > 1:
+            private = path.with_name(f".{path.name}.private")
+            shutil.copy2(path, private)
+            private.replace(path)
 
 
 # --- manifest -------------------------------------------------------------------

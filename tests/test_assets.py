@@ -45,9 +45,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def _clone(src: Path, dst: Path) -> Path:
-    """A copy of the cache made of hard links (plain copies across file systems)."""
+    """A copy of the cache: big binaries hard-linked, everything else copied.
+
+    NLTK refuses to open multiply-linked files, so the shared cache's small
+    data files must never gain extra links from a test.
+    """
 
     def link(a: str, b: str) -> None:
+        if not a.endswith((".safetensors", ".gguf", ".whl")):
+            shutil.copy2(a, b)
+            return
         try:
             os.link(a, b)
         except OSError:
@@ -61,6 +68,26 @@ def _rewrite(path: Path, data: bytes) -> None:
     """Replace a (possibly hard-linked) file's content without touching the shared inode."""
     path.unlink()
     path.write_bytes(data)
+
+
+def test_multiply_linked_nltk_files_are_made_private(tmp_path: Path) -> None:
+    """NLTK refuses hard-linked data files (CWE-59 guard); fetch() gives them private copies."""
+    root = fetch()
+    cache = _clone(root.root, tmp_path / "cache")
+    table = next((cache / "nltk_data").rglob("*.tab"))
+    os.link(table, tmp_path / "extra-link")
+    assert table.stat().st_nlink == 2
+    again = fetch(cache)
+    assert table.stat().st_nlink == 1
+    import nltk.data
+
+    nltk.data.path.insert(0, str(again.nltk_data))
+    try:
+        from nltk.tokenize import sent_tokenize
+
+        assert sent_tokenize("One sentence. Two sentences.") == ["One sentence.", "Two sentences."]
+    finally:
+        nltk.data.path.remove(str(again.nltk_data))
 
 
 def test_row_counts_and_fields(assets: Assets) -> None:
