@@ -42,9 +42,7 @@ from release_gate.surgery.calibration import (  # noqa: E402
 )
 from release_gate.surgery.edit import decompose  # noqa: E402
 
-from factories import make_adapter  # noqa: E402
-
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from factories import smollm2_adapter  # noqa: E402
 
 
 def gsm8k_calibration(path: Path, out: Path, n: int) -> Path:
@@ -121,12 +119,7 @@ def main() -> None:
     assets = fetch()
     model_dir = str(assets.model_dir)
     work = Path(tempfile.mkdtemp(prefix="bench-calib-"))
-    from transformers import AutoModelForCausalLM
-
-    adapter_dir = make_adapter(
-        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), work / "lora",
-        r=16, alpha=32, targets=SEVEN, b_std=0.01,
-    )
+    adapter_dir = smollm2_adapter(Path(model_dir), work / "lora", seed=1, b_std=0.01)
     adapter = load_adapter(adapter_dir)
     spectra = decompose(adapter.select())
     cfg = CalibrationConfig(gsm8k_calibration(assets.gsm8k, work / "calib.jsonl", args.n), n=args.n)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from factories import make_adapter  # noqa: E402
+from factories import smollm2_adapter  # noqa: E402
 
 
 class EngineClock:
@@ -43,17 +43,12 @@ class EngineClock:
 
 
 def build_arms(model_dir: Path, root: Path) -> list:
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from release_gate.evaluation.engine import Arm
     from release_gate.surgery.adapter import load_adapter
     from release_gate.surgery.edit import decompose, make_variant, write_variant
     from release_gate.surgery.policies import RandomIndex
 
-    seven = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    base_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    baseline = make_adapter(base_model, root / "baseline", r=16, alpha=32, targets=seven, b_std=0.02, seed=5)
+    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5)
     adapter = load_adapter(baseline)
     spectra = decompose(adapter.select())
     arms = [Arm.base(), Arm.from_adapter("baseline", baseline)]

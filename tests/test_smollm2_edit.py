@@ -16,10 +16,9 @@ from transformers import AutoModelForCausalLM
 from release_gate.assets import fetch
 from release_gate.surgery.adapter import directory_sha256
 
-from factories import make_adapter
+from factories import smollm2_adapter
 
 pytestmark = pytest.mark.slow
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CLI = [sys.executable, "-m", "release_gate.cli"]
 
 
@@ -27,8 +26,7 @@ CLI = [sys.executable, "-m", "release_gate.cli"]
 def workspace(tmp_path_factory):
     assets = fetch()
     root = tmp_path_factory.mktemp("smol")
-    base = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32)
-    adapter = make_adapter(base, root / "adapter", r=16, alpha=32, targets=SEVEN, b_std=0.02, seed=3)
+    adapter = smollm2_adapter(assets.model_dir, root / "adapter", seed=3)
     rows = [json.loads(line) for line in assets.gsm8k.read_text().splitlines()[-16:]]
     calib = root / "calib.jsonl"
     calib.write_text("".join(

@@ -8,8 +8,6 @@ so the only difference between their scores is the adapter.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, RuntimeFailure
+from ..hashing import content_key
 from ..surgery.adapter import VLLM_MAX_LORA_RANK, load_adapter
 
 #: ``max_lora_rank`` values vLLM accepts.
@@ -83,8 +82,7 @@ class EngineSettings:
         return cls(model=model, **{**sized, **overrides})
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return content_key(asdict(self))
 
 
 def _cpu_defaults() -> None:

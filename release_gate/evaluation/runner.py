@@ -14,9 +14,10 @@ from importlib import metadata
 from typing import Any
 
 from ..errors import BadInput
+from ..hashing import content_key
 from .backend import SharedEngineLM
 from .engine import Arm
-from .store import Item, ItemStore, content_key
+from .store import Item, ItemStore
 from .tasks import CODE_TASKS
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput, RuntimeFailure
+from ..hashing import content_key
 from .engine import Arm
 from .runner import ResolvedTask, items_from_samples
-from .store import Item, ItemStore, content_key
+from .store import Item, ItemStore
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ an interrupted run loses at most the pair in flight.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,11 +30,6 @@ class Item:
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__
-
-
-def content_key(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class ItemStore:

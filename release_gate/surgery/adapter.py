@@ -23,12 +23,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import BadInput
+from ..hashing import file_sha256
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
 BIN_FILE = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."
 DEFAULT_TARGETS = ("o_proj", "down_proj")
+#: Every linear projection of a Llama-style block (a "seven-projection" LoRA).
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: The largest ``max_lora_rank`` vLLM supports (1, 8, 16, …, 320, 512).
 VLLM_MAX_LORA_RANK = 512
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
@@ -280,14 +283,6 @@ def directory_sha256(path: Path, names: Iterable[str]) -> str:
     for name in sorted(names):
         digest.update(name.encode() + b"\0")
         digest.update(file_sha256(path / name).encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -13,7 +13,6 @@ the device until the end (no per-module host syncs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -28,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import BadInput
-from .adapter import LoraAdapter, check_module_shapes, file_sha256
+from ..hashing import content_key, file_sha256
+from .adapter import LoraAdapter, check_module_shapes
 from .spectral import Spectrum
 
 TEMPLATES = ("raw", "chat")
@@ -393,11 +393,6 @@ class Sensitivities:
         return cls({k: v.numpy() for k, v in tensors.items()}, provenance)
 
 
-def cache_key(parts: dict[str, Any]) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
     """CUDA when present, else CPU; float32 on CPU, bf16 on GPU (never fp16)."""
     if device == "auto":
@@ -482,7 +477,7 @@ def calibrate(
         "adapter": adapter.sha256, "base_model": _model_identity(base_model), "data": data_sha,
         "selection": cfg.selection(), "modules": sorted(spectra), "dtype": str(run_dtype),
     }
-    stem = Path(cache_dir) / "sensitivity" / cache_key(parts)
+    stem = Path(cache_dir) / "sensitivity" / content_key({"version": CACHE_VERSION, **parts}, 32)
     cached = Sensitivities.load(stem)
     if cached is not None and set(cached.per_example) == set(spectra):
         cached.provenance["cache_hit"] = True

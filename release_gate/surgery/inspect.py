@@ -67,7 +67,7 @@ def diagnose(adapter: LoraAdapter, top_m: int = 8) -> dict[str, Any]:
             by_kind[m.kind].append(m)
     alignment = {
         kind: _layer_alignment([spectra[m.name] for m in group], [m.layer for m in group], top_m)
-        for kind, group in by_kind.items() if len(group) >= 1
+        for kind, group in by_kind.items()
     }
     return {
         "adapter": str(adapter.path),

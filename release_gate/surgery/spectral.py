@@ -27,7 +27,7 @@ class Spectrum:
     U: torch.Tensor
     sigma: torch.Tensor
     V: torch.Tensor
-    AV: torch.Tensor | None = None
+    AV: torch.Tensor
 
     @property
     def rank(self) -> int:
@@ -112,8 +112,7 @@ def rebuild_gauge(A: torch.Tensor, spectrum: Spectrum, alpha: torch.Tensor) -> t
     (float64 for float64 factors), never in bf16.
     """
     work = torch.promote_types(A.dtype, torch.float32)
-    AV = spectrum.AV if spectrum.AV is not None else A.to(torch.float64) @ spectrum.V
-    coefficients = (AV * (alpha.to(torch.float64) - 1.0)).to(work)
+    coefficients = (spectrum.AV * (alpha.to(torch.float64) - 1.0)).to(work)
     return torch.addmm(A.detach().to(work), coefficients, spectrum.transposed_V(work))
 
 
