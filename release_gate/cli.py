@@ -16,6 +16,8 @@ from pathlib import Path
 from .errors import BadInput, ReleaseGateError
 
 EPILOG = "Exit codes: 0 success, 2 bad config or input, 1 runtime failure."
+RUN_EPILOG = ("Exit codes: 0 PROMOTE, 10 REJECT, 11 INCONCLUSIVE (0 for all three with --exit-zero), "
+              "2 bad config or input, 1 runtime failure.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,15 +84,36 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     edit.set_defaults(handler=_cmd_edit)
 
+    run = sub.add_parser(
+        "run", help="the gate: refine, evaluate every arm, decide, write the outputs",
+        description="Calibrate once, write every policy variant and the random_index controls, score base, "
+        "baseline, variants and controls on the target and guard tasks through one vLLM engine (or an "
+        "existing server), apply the paired-statistics decision rule, and write decision.json, summary.md, "
+        "junit.xml, report.html and (only on PROMOTE) promoted/. Cached calibration and per-item scores "
+        "are reused, so a re-run resumes and a gate-only change evaluates nothing again.",
+        epilog=RUN_EPILOG,
+    )
+    run.add_argument("config", type=Path, help="run config YAML (see examples/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key by its dotted path (gate.alpha=0.1, evaluation.limit=50, "
+                     "calibration.n=64); applied after the file")
+    run.add_argument("--resume", action="store_true", help="continue in an existing run directory")
+    run.add_argument("--exit-zero", action="store_true", help="exit 0 whatever the outcome (report-only pipelines)")
+    run.set_defaults(handler=_cmd_run)
+
     demo = sub.add_parser(
-        "demo", help="run the embedded offline default end to end (SmolLM2-135M, CommonsenseQA)",
+        "demo", help="run the whole gate offline on the embedded default (SmolLM2-135M, CommonsenseQA, IFEval)",
         description="Fetch the offline assets, train (once, cached) a demo LoRA adapter on a CommonsenseQA "
-        "training slice, calibrate on a disjoint slice, write every policy variant and the random_index "
-        "controls, and print the adapter's spectral diagnostics. A re-run reuses every cache.",
-        epilog=EPILOG,
+        "training slice, and run the gate on it: calibration on a disjoint slice, every policy and three "
+        "random_index seeds, target = CommonsenseQA on a held-out slice (300 rows), guard = IFEval (32 "
+        "prompts, ≤128 tokens; --full: every held-out row and all 541 prompts at IFEval's own token cap), "
+        "then decision.json, summary.md, junit.xml and report.html. A re-run reuses every cache.",
+        epilog=RUN_EPILOG,
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (default reports/demo)")
     demo.add_argument("--cache-dir", type=Path, help="cache directory for assets, the demo adapter and sensitivities")
+    demo.add_argument("--full", action="store_true", help="score every held-out row and all 541 IFEval prompts")
+    demo.add_argument("--exit-zero", action="store_true", help="exit 0 whatever the outcome")
     demo.set_defaults(handler=_cmd_demo)
     return parser
 
@@ -172,12 +195,29 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .run import run
+
+    result = run(load_run_config(args.config, args.overrides), resume=args.resume)
+    return _finish(result, args.exit_zero)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, args.cache_dir)
-    print(f"demo finished in {summary['seconds']['total']:.0f} s: {len(summary['variants'])} variants in {args.out}/variants")
-    return 0
+    result = run_demo(args.out, args.cache_dir, full=args.full)
+    return _finish(result, args.exit_zero)
+
+
+def _finish(result, exit_zero: bool) -> int:
+    """Print the verdict and where the evidence is; the exit code carries the outcome."""
+    document = result.document
+    promoted = document["promoted"]
+    print(f"{document['outcome']}" + (f" {promoted['arm']} -> {result.run_dir / promoted['path']}" if promoted else ""))
+    print(document["reasons"][0])
+    print(f"report: {result.run_dir / 'report.html'}")
+    return 0 if exit_zero else result.exit_code
 
 
 def _csv(text: str, flag: str, kind=str) -> tuple:

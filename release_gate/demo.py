@@ -1,11 +1,11 @@
-"""``release-gate demo``: the embedded offline default, end to end on a CPU.
+"""``release-gate demo``: the embedded offline default, the whole gate end to end on a CPU.
 
 Base SmolLM2-135M-Instruct from the packaged assets; a demo LoRA adapter
 (r 16, α 32, the seven projections) trained here with PEFT on a training
-slice of CommonsenseQA and cached; one calibration pass on a disjoint slice;
-every policy plus the random_index controls written as variants; the
-adapter's spectral diagnostics. A third disjoint slice is reserved for the
-target evaluation.
+slice of CommonsenseQA and cached; calibration on a disjoint slice; the
+target is lm-eval's CommonsenseQA task over a third, held-out slice; the
+guard is IFEval. The demo writes an ordinary run config and runs
+``release-gate run`` on it, so everything it shows is the product itself.
 """
 
 from __future__ import annotations
@@ -13,24 +13,23 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from .assets import Assets, default_cache_dir, fetch
-from .errors import BadInput
+from .config import load_run_config
+from .evaluation.tasks import OfflineTask, write_json_task
 from .hashing import content_key
+from .run import RunResult, prepare_run_dir, run
 from .surgery.adapter import LLAMA_PROJECTIONS, load_adapter
 from .surgery.calibration import CalibrationConfig, Example, answer_nll, encode, length_buckets
-from .surgery.edit import refine
 from .surgery.inspect import diagnose, format_text
-from .surgery.policy_files import resolve_policy
 
-DEMO_POLICIES = ("abs_select", "smooth_abs", "grad_direction", "random_index")
-MARKER = ".release-gate-demo"
+DEMO_POLICIES = ("abs_select", "smooth_abs", "grad_direction")
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,19 @@ def csqa_prompt(row: dict[str, Any]) -> tuple[str, str]:
     """A multiple-choice prompt and its answer letter (the target format)."""
     choices = "\n".join(f"{label}. {text}" for label, text in zip(row["choices"]["label"], row["choices"]["text"]))
     return f"Question: {row['question']}\n{choices}\nAnswer:", f" {row['answerKey']}"
+
+
+HELDOUT_TASK = OfflineTask("commonsense_qa_heldout", "commonsense_qa/default.yaml", "commonsense_qa", "validation",
+                           (("training_split", None),))
+
+
+def write_heldout_task(rows: list[dict[str, Any]], indices: range, directory: Path) -> Path:
+    """lm-eval's CommonsenseQA task over the held-out rows only (disjoint from training and calibration)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "commonsense_qa_heldout.jsonl"
+    data.write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
+    write_json_task(HELDOUT_TASK, data, directory)
+    return directory
 
 
 def write_slice(rows: list[dict[str, Any]], indices: range, path: Path) -> Path:
@@ -115,54 +127,63 @@ def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: Trai
     if not (path / "adapter_model.safetensors").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         train_demo_adapter(assets.model_dir, train_file, path, recipe)
+    stable = cache_dir / "demo" / "adapter"  # the name examples/smollm2-offline.yaml uses
+    if not stable.is_symlink() or stable.resolve() != path.resolve():
+        tmp = stable.with_name(".adapter.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(path.name)
+        tmp.replace(stable)
     return path
 
 
-def prepare_output(out_dir: Path) -> None:
-    """The demo owns its output directory; refuse to take over anything else."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        raise BadInput(f"{out_dir}: exists and was not written by the demo; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("written by release-gate demo\n")
+@dataclass(frozen=True)
+class DemoSize:
+    """How much of the held-out target and the IFEval guard the demo scores (CPU time budget)."""
+
+    target_limit: int | None = 300
+    guard_limit: int | None = 32
+    guard_max_gen_toks: int | None = 128
 
 
-def run_demo(out_dir: Path, cache_dir: Path | None = None, log=print) -> dict[str, Any]:
-    """Run the embedded default; returns a summary (also written as ``demo.json``)."""
-    started = time.perf_counter()
+#: ``--full``: every held-out row, all 541 IFEval prompts, IFEval's own token cap.
+FULL = DemoSize(None, None, None)
+
+
+def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path, out_dir: Path,
+                cache_dir: Path, size: DemoSize) -> dict[str, Any]:
+    """The run config the demo executes (written to ``<out>/config.yaml`` so it can be re-run by hand)."""
+    guard: dict[str, Any] = {"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": 0.05}
+    guard.update({k: v for k, v in (("limit", size.guard_limit), ("max_gen_toks", size.guard_max_gen_toks))
+                  if v is not None})
+    target: dict[str, Any] = {"task": HELDOUT_TASK.name, "metric": "acc"}
+    if size.target_limit is not None:
+        target["limit"] = size.target_limit
+    return {
+        "base_model": str(base_model), "adapter": str(adapter), "output": {"dir": str(out_dir.resolve())},
+        "cache_dir": str(cache_dir),
+        "calibration": {"file": str(calibration), "n": len(DemoSlices().calibration)},
+        "policies": list(DEMO_POLICIES), "controls": {"seeds": [0, 1, 2]},
+        "evaluation": {"include_path": [str(tasks)], "max_model_len": 1024},
+        "targets": [target], "guards": [guard],
+        "gate": {"alpha": 0.05, "min_gain": 0.0, "mode": "statistical", "holm": True},
+    }
+
+
+def run_demo(out_dir: Path, cache_dir: Path | None = None, full: bool = False, log=print) -> RunResult:
+    """Run the embedded default end to end: assets, adapter, the whole gate, the report."""
     cache_dir = Path(cache_dir or default_cache_dir())
-    prepare_output(out_dir)
+    prepare_run_dir(out_dir, cache_dir / "demo", resume=True)
     assets = fetch(cache_dir, progress=log)
     rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
     slices = DemoSlices()
-    data_dir = cache_dir / "demo" / "data"
-    train_file = write_slice(rows, slices.train, data_dir / "csqa_train.jsonl")
-    calib_file = write_slice(rows, slices.calibration, data_dir / "csqa_calibration.jsonl")
-    write_slice(rows, slices.evaluation, data_dir / "csqa_evaluation.jsonl")
-    timings = {}
-    t = time.perf_counter()
+    demo_dir = cache_dir / "demo"
+    train_file = write_slice(rows, slices.train, demo_dir / "data" / "csqa_train.jsonl")
+    calib_file = write_slice(rows, slices.calibration, demo_dir / "data" / "csqa_calibration.jsonl")
+    tasks = write_heldout_task(rows, slices.evaluation, demo_dir / "tasks")
     adapter_dir = demo_adapter(assets, cache_dir, train_file, TrainingRecipe())
-    timings["adapter"] = time.perf_counter() - t
-    adapter = load_adapter(adapter_dir)
-    arms = [arm for name in DEMO_POLICIES for arm in resolve_policy(name).arms()]
-    calibration = CalibrationConfig(calib_file, n=len(slices.calibration))
-    t = time.perf_counter()
-    written = refine(
-        str(assets.model_dir), adapter, arms, {a.name: out_dir / "variants" / a.name for a in arms},
-        calibration, cache_dir,
-    )
-    timings["variants"] = time.perf_counter() - t
-    diagnostics = diagnose(adapter)
-    (out_dir / "inspect.json").write_text(json.dumps(diagnostics, indent=1))
-    log(format_text(diagnostics, max_rows=8))
-    log("")
-    for path, variant in written:
-        change = max(float(abs(e.alpha - 1.0).max()) for e in variant.edits)
-        log(f"variant {variant.name:<16} max |α−1| {change:.3f}  -> {path}")
-    summary = {
-        "adapter": str(adapter_dir), "adapter_sha256": adapter.sha256, "base_model": str(assets.model_dir),
-        "slices": {k: [v.start, v.stop] for k, v in slices.__dict__.items()},
-        "variants": {variant.name: str(path) for path, variant in written},
-        "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.perf_counter() - started}.items()},
-    }
-    (out_dir / "demo.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    log(format_text(diagnose(load_adapter(adapter_dir)), max_rows=8))
+    config = demo_config(assets.model_dir, adapter_dir, calib_file, tasks, out_dir, cache_dir,
+                         FULL if full else DemoSize())
+    config_path = out_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return run(load_run_config(config_path), resume=True, log=log)

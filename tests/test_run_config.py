@@ -1,0 +1,127 @@
+"""Run config: precedence, example configs, and every config bad input of SPEC §13 (exit 2, nothing lost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from release_gate.cli import main
+from release_gate.config import load_run_config
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.fixture
+def base_config(tmp_path, tiny_adapter_dir, tiny_model_dir) -> dict:
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"prompt": "a b c d", "answer": "e"}\n' * 4)
+    return {
+        "base_model": str(tiny_model_dir), "adapter": str(tiny_adapter_dir),
+        "output": {"dir": str(tmp_path / "run")}, "calibration": {"file": str(calib), "n": 4},
+        "targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 4}],
+        "guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": 0.05, "limit": 2}],
+    }
+
+
+def _write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    config = load_run_config(path)
+    assert config.targets and config.guards and config.policies
+
+
+def test_precedence_defaults_file_set(tmp_path, base_config):
+    base_config["gate"] = {"alpha": 0.1}
+    path = _write(tmp_path, base_config)
+    assert load_run_config(path).gate == {"alpha": 0.1}
+    config = load_run_config(path, ["gate.alpha=0.01", "controls.seeds=[4, 5]", "evaluation.limit=7"])
+    assert config.gate["alpha"] == 0.01 and config.controls.seeds == (4, 5) and config.evaluation.limit == 7
+    assert load_run_config(path).edit.targets == ("o_proj", "down_proj")  # dataclass default
+
+
+BAD = [
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"gate": {"alpha": 0.7}}, "gate.alpha: must be in (0, 0.5)"),
+    ({"gate": {"mode": "vibes"}}, "gate.mode: must be one of"),
+    ({"gate": {"alpha": "low"}}, "gate.alpha: must be a number"),
+    ({"gate": {"holm": "yes"}}, "gate.holm: must be true or false"),
+    ({"gate": {"speed": 1}}, "gate.speed: unknown key"),
+    ({"guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": -0.1}]},
+     "guards[0].max_drop: the alignment-tax budget must be a number ≥ 0"),
+    ({"guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc"}]}, "guards[0].max_drop"),
+    ({"targets": []}, "targets: at least one target task is required"),
+    ({"targets": [{"task": "commonsense_qa"}]}, "targets[0].metric: required"),
+    ({"targets": [{"task": "commonsense_qa", "metric": "acc", "weight": 0}]}, "targets[0].weight: must be > 0"),
+    ({"targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 0}]}, "targets[0].limit: must be ≥ 1"),
+    ({"controls": {"seeds": []}}, "controls.seeds: at least one random_index seed"),
+    ({"controls": {"reference": "median"}}, "controls.reference: must be mean or each"),
+    ({"evaluation": {"gpu_memory_utilization": 2}}, "evaluation.gpu_memory_utilization: must be in (0, 1]"),
+    ({"evaluation": {"server": {"model": "x"}}}, "evaluation.server.url: required"),
+    ({"calibration": {"file": "c.jsonl", "n": 0}}, "calibration.n: must be ≥ 1"),
+    ({"policies": ["abs_select", {"amp_factor": 2}]}, "policies[1]: expected a policy name"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_config_bad_input_names_the_key(tmp_path, base_config, capsys, change, message):
+    path = _write(tmp_path, {**base_config, **change})
+    before = path.read_bytes()
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert err.count("\n") == 1  # one line
+    assert path.read_bytes() == before and not (tmp_path / "run").exists()
+
+
+RUNTIME_BAD = [
+    ({"policies": ["abs_select", "nonsense"]}, "unknown policy 'nonsense'"),
+    ({"policies": [{"name": "smooth_abs", "amp_factor": 0.5, "sup_factor": 0.9}]}, "amp_factor"),
+    ({"policies": [{"name": "abs_select", "core_frac": 1.5}]}, "core_frac"),
+    ({"policies": [{"name": "grad_direction", "eta_suppress": -1}]}, "eta_suppress"),
+    ({"policies": ["random_index"]}, "is the random control; configure it under controls.seeds"),
+    ({"targets": [{"task": "no_such_task", "metric": "acc"}]}, "unknown task 'no_such_task'"),
+    ({"targets": [{"task": "commonsense_qa", "metric": "bleu"}]}, "does not produce metric 'bleu'"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), RUNTIME_BAD, ids=[m.split(" ")[0] for _, m in RUNTIME_BAD])
+def test_policy_and_task_errors_before_anything_is_written(tmp_path, base_config, capsys, change, message):
+    path = _write(tmp_path, {**base_config, **change})
+    assert main(["run", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_inside_the_adapter_is_refused(tmp_path, base_config, tiny_adapter_dir, capsys):
+    before = {p.name: p.read_bytes() for p in Path(tiny_adapter_dir).iterdir() if p.is_file()}
+    path = _write(tmp_path, {**base_config, "output": {"dir": str(Path(tiny_adapter_dir) / "run")}})
+    assert main(["run", str(path)]) == 2
+    assert "inside the input adapter" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in Path(tiny_adapter_dir).iterdir() if p.is_file()} == before
+
+
+def test_foreign_or_earlier_run_dir_is_not_taken_over(tmp_path, base_config, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = _write(tmp_path, base_config)
+    assert main(["run", str(path)]) == 2
+    assert "is not a release-gate run directory" in capsys.readouterr().err
+    (out / ".release-gate-run").write_text("")
+    assert main(["run", str(path)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text("base_model: x\nadapter: [unclosed\n")
+    assert main(["run", str(path)]) == 2
+    assert "line" in capsys.readouterr().err

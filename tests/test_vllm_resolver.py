@@ -1,0 +1,313 @@
+"""The serving-time gate: vLLM's LoRA resolver serves only adapters a PROMOTE decision approved."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from vllm.lora.resolver import LoRAResolverRegistry
+
+from release_gate.assets import fetch
+from release_gate.integrations import vllm_resolver
+from release_gate.integrations.vllm_resolver import (
+    ADAPTER_FILES,
+    RELEASE_DIR_ENV,
+    RESOLVER_NAME,
+    ReleaseGateResolver,
+    check_release,
+    is_safe_name,
+    register,
+)
+from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, directory_sha256
+
+from factories import smollm2_adapter
+from servers import api_server
+
+BASE = "/models/base"
+
+
+def write_decision(entry: Path, outcome: str, sha256: str | None, schema_version: int = 1) -> None:
+    """The fields of a gate decision (docs/run-directory.md) the resolver reads."""
+    promoted = {"arm": "abs_select", "sha256": sha256, "path": "promoted"} if sha256 else None
+    decision = {"schema_version": schema_version, "outcome": outcome, "promoted": promoted,
+                "reasons": [f"test decision: {outcome}"]}
+    (entry / "decision.json").write_text(json.dumps(decision, indent=2))
+
+
+def publish(release_dir: Path, name: str, adapter: Path, *, outcome: str = "PROMOTE", flat: bool = False) -> Path:
+    """A release entry holding ``adapter`` (in ``promoted/`` or flat) and a decision on its current hash."""
+    entry = release_dir / name
+    files = entry if flat else entry / "promoted"
+    shutil.copytree(adapter, files)
+    write_decision(entry, outcome, directory_sha256(files, ADAPTER_FILES))
+    return entry
+
+
+def set_base_model(adapter: Path, base_model: str | None) -> Path:
+    config = json.loads((adapter / CONFIG_FILE).read_text())
+    config["base_model_name_or_path"] = base_model
+    (adapter / CONFIG_FILE).write_text(json.dumps(config))
+    return adapter
+
+
+def flip_last_byte(path: Path) -> None:
+    """Tamper with the weights: the file stays a loadable safetensors, only one value changes."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def adapter(tiny_adapter_dir, tmp_path) -> Path:
+    """A real PEFT adapter trained (randomly) for ``BASE``."""
+    return set_base_model(shutil.copytree(tiny_adapter_dir, tmp_path / "adapter"), BASE)
+
+
+@pytest.fixture
+def gate_log(caplog, monkeypatch) -> pytest.LogCaptureFixture:
+    """The resolver's records, once each: it logs under vLLM's logger, which stops propagation before
+    pytest's root handler once vLLM has configured logging in this process (and not before)."""
+    monkeypatch.setattr(vllm_resolver.logger, "propagate", False)
+    vllm_resolver.logger.addHandler(caplog.handler)
+    yield caplog
+    vllm_resolver.logger.removeHandler(caplog.handler)
+
+
+def test_a_published_run_directory_is_approved(adapter, tmp_path):
+    entry = publish(tmp_path / "release", "support-bot", adapter)
+    served, reason = check_release(entry, BASE)
+    assert served == entry / "promoted"
+    assert reason == f"PROMOTE (sha256 {directory_sha256(entry / 'promoted', ADAPTER_FILES)})"
+
+
+def test_a_flat_entry_is_approved(adapter, tmp_path):
+    entry = publish(tmp_path / "release", "flat", adapter, flat=True)
+    assert check_release(entry, BASE)[0] == entry
+
+
+def refuse_missing_decision(entry: Path) -> None:
+    (entry / "decision.json").unlink()
+
+
+def refuse_future_schema(entry: Path) -> None:
+    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=2)
+
+
+def refuse_broken_json(entry: Path) -> None:
+    (entry / "decision.json").write_text("{not json")
+
+
+def refuse_promote_without_hash(entry: Path) -> None:
+    write_decision(entry, "PROMOTE", None)
+
+
+def refuse_missing_weights(entry: Path) -> None:
+    (entry / "promoted" / SAFETENSORS_FILE).unlink()
+
+
+def refuse_tampered_weights(entry: Path) -> None:
+    flip_last_byte(entry / "promoted" / SAFETENSORS_FILE)
+
+
+def refuse_tampered_config(entry: Path) -> None:
+    config = entry / "promoted" / CONFIG_FILE
+    config.write_text(config.read_text().replace('"r": 8', '"r": 9'))
+
+
+def refuse_reject(entry: Path) -> None:
+    write_decision(entry, "REJECT", None)
+
+
+def refuse_inconclusive(entry: Path) -> None:
+    write_decision(entry, "INCONCLUSIVE", None)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (refuse_missing_decision, "^no decision.json$"),
+    (refuse_reject, "^outcome REJECT$"),
+    (refuse_inconclusive, "^outcome INCONCLUSIVE$"),
+    (refuse_future_schema, "^decision.json schema_version 2 is not 1$"),
+    (refuse_broken_json, "^unreadable decision.json: "),
+    (refuse_promote_without_hash, "^PROMOTE decision.json names no promoted.sha256$"),
+    (refuse_missing_weights, r"^no adapter files \(adapter_config.json, adapter_model.safetensors\)"),
+    (refuse_tampered_weights, "^sha256 mismatch: decision says [0-9a-f]{64}, files hash to [0-9a-f]{64}$"),
+    (refuse_tampered_config, "^sha256 mismatch: "),
+])
+def test_anything_but_an_intact_promoted_adapter_is_refused(adapter, tmp_path, damage, reason):
+    entry = publish(tmp_path / "release", "candidate", adapter)
+    damage(entry)
+    served, why = check_release(entry, BASE)
+    assert served is None
+    assert re.search(reason, why), why
+
+
+def test_a_missing_entry_is_refused(tmp_path):
+    assert check_release(tmp_path / "nothing", BASE) == (None, f"no release entry {tmp_path / 'nothing'}")
+
+
+def test_an_adapter_for_another_base_model_is_refused(adapter, tmp_path):
+    entry = publish(tmp_path / "release", "other", set_base_model(adapter, "/models/other"))
+    assert check_release(entry, BASE) == (None, f"base model mismatch: adapter is for /models/other, server runs {BASE}")
+
+
+def test_two_spellings_of_one_local_base_model_match(adapter, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "model")
+    entry = publish(tmp_path / "release", "local", set_base_model(adapter, str(tmp_path / "link")))
+    assert check_release(entry, f"{tmp_path}/model/")[0] == entry / "promoted"
+
+
+def test_an_unnamed_base_model_warns_but_serves(adapter, tmp_path, gate_log):
+    entry = publish(tmp_path / "release", "anonymous", set_base_model(adapter, None))
+    with gate_log.at_level(logging.WARNING, logger=vllm_resolver.logger.name):
+        assert check_release(entry, BASE)[0] == entry / "promoted"
+    assert "adapter_config.json names none" in gate_log.text
+
+
+@pytest.mark.parametrize(("name", "safe"), [
+    ("support-bot", True), ("v1.2_final+rc", True), ("..", False), (".", False), (".hidden", False),
+    ("a/b", False), ("/etc", False), ("../release", False), ("a\\b", False), ("", False), ("a\0b", False),
+])
+def test_only_plain_names_reach_the_filesystem(name, safe):
+    assert is_safe_name(name) is safe
+
+
+def test_the_resolver_serves_a_private_copy_of_the_approved_files(adapter, tmp_path):
+    release = tmp_path / "release"
+    entry = publish(release, "support-bot", adapter)
+    (entry / "promoted" / "extra.bin").write_bytes(b"not hashed")
+    resolver = ReleaseGateResolver(release)  # owns the copies: they live as long as it does
+    request = asyncio.run(resolver.resolve_lora(BASE, "support-bot"))
+    assert request is not None and request.lora_name == "support-bot"
+    served = Path(request.lora_path)
+    assert release not in served.parents
+    assert sorted(p.name for p in served.iterdir()) == sorted(["decision.json", *ADAPTER_FILES])
+    assert directory_sha256(served, ADAPTER_FILES) == directory_sha256(entry / "promoted", ADAPTER_FILES)
+
+
+def test_the_resolver_refuses_with_a_logged_reason(adapter, tmp_path, gate_log):
+    release = tmp_path / "release"
+    publish(release, "rejected", adapter, outcome="REJECT")
+    resolver = ReleaseGateResolver(release)
+    with gate_log.at_level(logging.WARNING, logger=vllm_resolver.logger.name):
+        assert asyncio.run(resolver.resolve_lora(BASE, "rejected")) is None
+        assert asyncio.run(resolver.resolve_lora(BASE, "../release/rejected")) is None
+    assert "release-gate refused LoRA adapter 'rejected': outcome REJECT" in gate_log.text
+    assert "release-gate refused LoRA adapter '../release/rejected': unsafe name" in gate_log.text
+
+
+@pytest.fixture
+def registry():
+    """vLLM's process-wide resolver registry, restored after the test."""
+    before = dict(LoRAResolverRegistry.resolvers)
+    yield LoRAResolverRegistry
+    LoRAResolverRegistry.resolvers.clear()
+    LoRAResolverRegistry.resolvers.update(before)
+
+
+def test_the_plugin_is_inert_without_a_release_dir(registry, monkeypatch):
+    monkeypatch.delenv(RELEASE_DIR_ENV, raising=False)
+    register()
+    assert RESOLVER_NAME not in registry.get_supported_resolvers()
+
+
+def test_the_plugin_registers_the_resolver_for_a_release_dir(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv(RELEASE_DIR_ENV, str(tmp_path))
+    register()
+    resolver = registry.get_resolver(RESOLVER_NAME)
+    assert isinstance(resolver, ReleaseGateResolver) and resolver.release_dir == tmp_path
+
+
+def test_other_active_resolvers_are_named_once(registry, tmp_path, gate_log):
+    registry.register_resolver(RESOLVER_NAME, resolver := ReleaseGateResolver(tmp_path))
+    registry.register_resolver("Filesystem Resolver", ReleaseGateResolver(tmp_path))
+    with gate_log.at_level(logging.WARNING, logger=vllm_resolver.logger.name):
+        resolver.resolve(BASE, "a")
+        resolver.resolve(BASE, "b")
+    assert gate_log.text.count("other LoRA resolvers are active (Filesystem Resolver)") == 1
+
+
+def test_a_missing_release_dir_stops_the_server_rather_than_serving_ungated(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv(RELEASE_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=f"{RELEASE_DIR_ENV}=.*missing is not a directory"):
+        register()
+    assert RESOLVER_NAME not in registry.get_supported_resolvers()
+
+
+# --- a real OpenAI API server with the plugin installed through its entry point -------------------
+
+PROMPT = "The capital of France is"
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def complete(url: str, model: str) -> tuple[int, dict]:
+    """One greedy token with its logprob: enough to tell the adapter from the base model."""
+    return post(f"{url}/v1/completions",
+                {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "logprobs": 1})
+
+
+@pytest.fixture(scope="module")
+def gated_server(tmp_path_factory):
+    """One server for the module; RELEASE_GATE_RELEASE_DIR holds an approved entry and three that are not."""
+    model_dir = fetch().model_dir
+    root = tmp_path_factory.mktemp("gate")
+    adapter = smollm2_adapter(model_dir, root / "adapter", seed=11)
+    release = root / "release"
+    publish(release, "approved", adapter)
+    shutil.copytree(adapter, release / "undecided")
+    publish(release, "rejected", adapter, outcome="REJECT")
+    tampered = publish(release, "tampered", adapter, flat=True)
+    flip_last_byte(tampered / SAFETENSORS_FILE)
+    log = root / "server.log"
+    with api_server(model_dir, log, env={RELEASE_DIR_ENV: str(release)}) as (url, _process):
+        yield url, log
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_server_serves_a_promoted_adapter_by_name(gated_server):
+    url, log = gated_server
+    status, body = complete(url, "approved")
+    assert status == 200, body
+    assert body["model"] == "approved"
+    status, base = complete(url, str(fetch().model_dir))
+    assert status == 200, base
+    ours, theirs = body["choices"][0]["logprobs"], base["choices"][0]["logprobs"]
+    assert ours["token_logprobs"][0] != pytest.approx(theirs["token_logprobs"][0], abs=1e-4)
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
+        assert "approved" in [card["id"] for card in json.load(response)["data"]]
+    text = log.read_text()
+    assert "release-gate: LoRA resolver active" in text
+    assert "Resolved and loaded LoRA adapter 'approved' using ReleaseGateResolver" in text
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize(("name", "reason"), [
+    ("undecided", "no decision.json"),
+    ("rejected", "outcome REJECT"),
+    ("tampered", "sha256 mismatch: decision says "),
+    ("..", "unsafe name"),
+])
+def test_server_refuses_an_adapter_the_gate_did_not_approve(gated_server, name, reason):
+    url, log = gated_server
+    status, body = complete(url, name)
+    assert status == 404
+    assert body["error"]["type"] == "NotFoundError"
+    assert body["error"]["message"].startswith(f"The model `{name}` does not exist.")
+    assert f"release-gate refused LoRA adapter '{name}': {reason}" in log.read_text()
