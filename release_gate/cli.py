@@ -101,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--exit-zero", action="store_true", help="exit 0 whatever the outcome (report-only pipelines)")
     run.set_defaults(handler=_cmd_run)
 
+    report = sub.add_parser(
+        "report", help="re-render report.html from a run directory (no re-evaluation)",
+        description="Render RUN_DIR/report.html again from decision.json, the per-item results, the variant "
+        "sidecars and inspect.json (e.g. after upgrading release-gate or editing the templates).",
+        epilog=EPILOG,
+    )
+    report.add_argument("run_dir", type=Path, help="a run directory written by `release-gate run` or `demo`")
+    report.set_defaults(handler=_cmd_report)
+
     demo = sub.add_parser(
         "demo", help="run the whole gate offline on the embedded default (SmolLM2-135M, CommonsenseQA, IFEval)",
         description="Fetch the offline assets, train (once, cached) a demo LoRA adapter on a CommonsenseQA "
@@ -201,6 +210,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     result = run(load_run_config(args.config, args.overrides), resume=args.resume)
     return _finish(result, args.exit_zero)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .gate.outputs import read_decision
+    from .report.render import render_report
+
+    read_decision(args.run_dir)  # a clear error for a directory that is not a finished run
+    print(f"report: {render_report(args.run_dir)}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

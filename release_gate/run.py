@@ -26,9 +26,10 @@ from .evaluation.engine import Arm
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.store import Item, ItemStore
 from .gate import stats
-from .gate.decide import BASELINE, Decision, decide
+from .gate.decide import BASELINE, Decision, budget_warnings, decide
 from .gate.outputs import EXIT_CODES, SCHEMA_VERSION, write_outputs, write_text_atomic
 from .hashing import content_key, file_sha256
+from .report.render import render_report
 from .surgery.adapter import check_output_dir, load_adapter
 from .surgery.calibration import CalibrationConfig
 from .surgery.edit import SIDECAR, refine
@@ -342,18 +343,20 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
     document = build_document(config, decision, arms, identical, canary_record, engine_record, written,
                               adapter.sha256, timer)
     write_outputs(out, document, {path.name: path for path, _ in written})
-    for warning in decision.warnings:
-        log(f"warning: {warning}")
+    render_report(out)
     return RunResult(out, document)
 
 
 def announce_plan(resolved: Sequence[ResolvedTask], rules: Sequence[Any], alpha: float, log: Log) -> None:
-    """Print each task's n and minimum detectable effect before anything expensive runs."""
+    """Print each task's n and minimum detectable effect, and budget warnings, before anything expensive."""
+    n_items = {}
     for task, rule in zip(resolved, rules):
-        n = task_items(task)
+        n = n_items[rule.name] = task_items(task)
         budget = f", budget {100 * rule.max_drop:.1f} pts" if rule.role == "guard" else ""
         log(f"plan: {rule.role} {task.request.name} [{task.metric_key}] n={n}, minimum detectable effect "
             f"≈{100 * stats.planned_mde(n, alpha):.1f} pts at α={alpha}, 80% power{budget}")
+    for warning in budget_warnings(rules, n_items, alpha):
+        log(f"warning: {warning}")
 
 
 def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:

@@ -61,7 +61,7 @@ def test_weighted_reward_hand_computed() -> None:
 
 def test_degenerate_spreads() -> None:
     same = stats.paired(np.ones(30), np.ones(30))
-    assert same.delta == 0 and same.se == 0 and same.p_above(0.0) == 1.0 and same.p_above(-0.01) == 0.0
+    assert same.delta == 0 and same.se == 0 and same.p_above(0.0) == 1.0 and same.p_above(-0.01) == 0.5**30
     one = stats.paired(np.ones(1), np.zeros(1))
     assert math.isinf(one.se) and one.p_above(0.0) == 1.0 and one.lower(0.05) == -math.inf
     with pytest.raises(ValueError):
@@ -187,3 +187,14 @@ def test_lower_is_better_metric_is_oriented() -> None:
 def test_budget_below_mde_warns() -> None:
     d = _gate(np.random.default_rng(7), n_guard=32, budget=0.02)
     assert any("guard ifeval" in w and "minimum detectable effect" in w for w in d.warnings)
+
+
+def test_three_items_all_improved_are_not_proof():
+    """Zero spread makes the t bound degenerate; the sign test (p = 0.5ⁿ) decides instead."""
+    scores = {a: {"t": np.zeros(3)} for a in ["baseline", *CONTROLS]}
+    scores["abs_select"] = {"t": np.ones(3)}
+    targets = [TaskRule("t", "acc,none", "target")]
+    assert decide(scores, targets, [], GateRule(), ["abs_select"], CONTROLS).outcome == "INCONCLUSIVE"
+    scores = {a: {"t": np.zeros(8)} for a in ["baseline", *CONTROLS]}
+    scores["abs_select"] = {"t": np.ones(8)}
+    assert decide(scores, targets, [], GateRule(), ["abs_select"], CONTROLS).outcome == "PROMOTE"

@@ -125,3 +125,20 @@ def test_yaml_syntax_error_gives_the_line(tmp_path, capsys):
     path.write_text("base_model: x\nadapter: [unclosed\n")
     assert main(["run", str(path)]) == 2
     assert "line" in capsys.readouterr().err
+
+
+def test_ci_recipe_passes_the_gate_exit_code_through(tmp_path):
+    """The generic CI step fails with release-gate's own code and says why (here: a bad config)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(root / "examples/ci/release-gate.sh"), str(tmp_path / "missing.yaml"),
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "file not found" in done.stderr and "bad config or input" in done.stdout
+    workflow = yaml.safe_load((root / "examples/ci/github-actions.yml").read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    assert any("examples/ci/release-gate.sh" in step.get("run", "") for step in steps)

@@ -68,7 +68,9 @@ class Criterion:
 
     @property
     def passed(self) -> bool:
-        return self.lcb > self.threshold if self.strict else self.lcb >= self.threshold
+        """The bound clears the threshold (and, with zero spread, the sign test agrees)."""
+        bound = self.lcb > self.threshold if self.strict else self.lcb >= self.threshold
+        return bound and (self.estimate.se > 0 or self.p_value < self.alpha)
 
     @property
     def passed_point(self) -> bool:

@@ -51,12 +51,14 @@ class Estimate:
         """One-sided p-value of H0: true Δ ≤ ``threshold`` against H1: Δ > ``threshold``.
 
         ``p < α`` exactly when :meth:`lower` ``> threshold``. With zero spread
-        (every item moved by the same amount) the data are decisive either way.
+        (every item moved by the same amount) the t statistic is undefined;
+        the p-value is then the sign test's, ``0.5ⁿ``, so three improved items
+        out of three are not proof of anything.
         """
         if math.isinf(self.se):
             return 1.0
         if self.se == 0.0:
-            return 0.0 if self.delta > threshold else 1.0
+            return 0.5**self.n if self.delta > threshold else 1.0
         return float(stats.t.sf((self.delta - threshold) / self.se, self.df))
 
 
