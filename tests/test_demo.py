@@ -1,4 +1,8 @@
-"""`release-gate demo`: the embedded offline default runs end to end and re-uses its caches."""
+"""`release-gate demo`: the embedded offline default runs the whole gate and re-uses its caches.
+
+The test runs the demo's own code path with smaller slices (the default sizes take ~15 minutes on
+2 cores); the CLI's default is exercised by `make demo`.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,39 @@ import json
 
 import pytest
 
+from release_gate.assets import default_cache_dir
 from release_gate.cli import main
-from release_gate.surgery.adapter import load_adapter
+from release_gate.demo import DemoSize, run_demo
+from release_gate.gate.outputs import EXIT_CODES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+SMALL = DemoSize(target_limit=12, guard_limit=2, guard_max_gen_toks=16)
 
 
-def test_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
+def _stored() -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (default_cache_dir() / "items").rglob("*") if p.is_file()}
+
+
+def test_demo_runs_the_gate_and_reruns_from_cache(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    first = json.loads((out / "demo.json").read_text())
-    assert set(first["variants"]) == {
-        "abs_select", "smooth_abs", "grad_direction", "random_index@0", "random_index@1", "random_index@2"}
-    slices = first["slices"]
-    assert slices["train"][1] <= slices["calibration"][0] and slices["calibration"][1] <= slices["evaluation"][0]
-    for arm, path in first["variants"].items():
-        sidecar = json.loads((out / "variants" / arm / "spectral_edit.json").read_text())
-        assert sidecar["source_adapter"]["sha256"] == first["adapter_sha256"]
-        assert load_adapter(path).select()  # every variant is a loadable LoRA directory
+    first = run_demo(out, size=SMALL)
+    decision = json.loads((out / "decision.json").read_text())
+    assert first.exit_code == EXIT_CODES[decision["outcome"]]
+    assert set(decision["arms"]) == {"base", "baseline", "abs_select", "smooth_abs", "grad_direction",
+                                     "random_index@0", "random_index@1", "random_index@2"}
+    assert decision["tasks"]["commonsense_qa_heldout"]["role"] == "target"
+    assert decision["tasks"]["ifeval"]["role"] == "guard"
+    for name in ("report.html", "summary.md", "junit.xml", "inspect.json", "config.yaml"):
+        assert (out / name).is_file(), name
     assert json.loads((out / "inspect.json").read_text())["n_modules"] == 210
     printed = capsys.readouterr().out
-    assert "cross-layer alignment" in printed and "demo finished" in printed
+    assert "cross-layer alignment" in printed and "plan: target commonsense_qa_heldout" in printed
 
-    assert main(["demo", "--out", str(out)]) == 0  # re-run: same adapter, cached calibration
-    second = json.loads((out / "demo.json").read_text())
-    assert second["adapter_sha256"] == first["adapter_sha256"]
-    sidecar = json.loads((out / "variants" / "abs_select" / "spectral_edit.json").read_text())
-    assert sidecar["calibration"]["n_answer_tokens"] > 0
+    stored = _stored()
+    second = run_demo(out, size=SMALL)  # cached: same adapter, calibration and scores
+    assert second.document["comparisons"] == first.document["comparisons"]
+    assert _stored() == stored
 
 
 def test_demo_refuses_a_foreign_output_dir(tmp_path, capsys):
@@ -40,5 +50,5 @@ def test_demo_refuses_a_foreign_output_dir(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert main(["demo", "--out", str(foreign)]) == 2
-    assert "was not written by the demo" in capsys.readouterr().err
+    assert "is not a release-gate run directory" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "mine"
