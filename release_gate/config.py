@@ -313,6 +313,9 @@ def _check(config: RunConfig) -> None:
     if not 0 < config.evaluation.gpu_memory_utilization <= 1:
         raise BadInput(f"evaluation.gpu_memory_utilization: must be in (0, 1], got "
                        f"{config.evaluation.gpu_memory_utilization}")
+    if config.evaluation.server is not None and config.evaluation.chat_template:
+        raise BadInput("evaluation.chat_template: not supported with evaluation.server (the server mode scores "
+                       "raw completions); drop one of the two")
     if config.evaluation.limit is not None and config.evaluation.limit < 1:
         raise BadInput(f"evaluation.limit: must be ≥ 1, got {config.evaluation.limit}")
     gate_rule(config)

@@ -234,7 +234,8 @@ def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resol
         report = canary.check(engine, base, baseline, others)
         lm = SharedEngineLM(engine, base, batch_size=config.evaluation.batch_size)
         try:
-            items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm)
+            items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm,
+                             chat_template=config.evaluation.chat_template)
         except ReleaseGateError:
             raise
         except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives

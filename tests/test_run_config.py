@@ -65,6 +65,8 @@ BAD = [
     ({"evaluation": {"gpu_memory_utilization": 2}}, "evaluation.gpu_memory_utilization: must be in (0, 1]"),
     ({"evaluation": {"server": {"model": "x"}}}, "evaluation.server.url: required"),
     ({"calibration": {"file": "c.jsonl", "n": 0}}, "calibration.n: must be ≥ 1"),
+    ({"evaluation": {"chat_template": True, "server": {"url": "http://127.0.0.1:1"}}},
+     "evaluation.chat_template: not supported with evaluation.server"),
     ({"policies": ["abs_select", {"amp_factor": 2}]}, "policies[1]: expected a policy name"),
 ]
 
