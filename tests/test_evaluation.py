@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from lm_eval.api.instance import Instance
@@ -10,7 +12,7 @@ from release_gate.assets import fetch
 from release_gate.evaluation import canary
 from release_gate.evaluation.backend import SharedEngineLM
 from release_gate.evaluation.engine import Arm, Engine, EngineSettings
-from release_gate.evaluation.runner import TaskRequest, evaluate, resolve_task
+from release_gate.evaluation.runner import TaskRequest, evaluate, items_from_samples, resolve_task
 from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
 from release_gate.surgery.adapter import LLAMA_PROJECTIONS, load_adapter
@@ -133,6 +135,44 @@ def test_cross_arm_batching_matches_sequential_with_fewer_engine_calls(stack, mo
     assert batched_calls < len(calls)
     for key, items in sequential.items():
         assert [(i.doc_id, i.metrics, i.response) for i in batched[key]] == [(i.doc_id, i.metrics, i.response) for i in items]
+
+
+def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, monkeypatch):
+    from lm_eval import simple_evaluate
+
+    arms = list(stack["arms"].values())
+    requests = [TaskRequest("commonsense_qa", "acc", limit=5),
+                TaskRequest("ifeval", "prompt_level_loose_acc", limit=2, max_gen_toks=24)]
+    tasks = [resolve_task(r, stack["manager"]) for r in requests]
+    builds = []
+    for task in tasks:
+        build = task.task.build_all_requests
+        monkeypatch.setattr(task.task, "build_all_requests", lambda build=build, **kw: builds.append(1) or build(**kw))
+    lm = SharedEngineLM(stack["engine"], arms[0])
+    ours = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "built-once"), cross_arm=False)
+    assert len(builds) == len(tasks)  # not once per arm
+    for arm in arms:  # lm-eval's own path: a fresh task, fresh requests for every (arm, task)
+        for request in requests:
+            result = simple_evaluate(model=lm.for_arm(arm), tasks=[request.name], task_manager=stack["manager"],
+                                     limit=request.limit, gen_kwargs=request.gen_kwargs(), bootstrap_iters=0)
+            reference = items_from_samples(result["samples"][request.name])
+            assert ours[(arm.name, request.name)] == reference
+
+
+def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
+    base = stack["arms"]["base"]
+    lm = SharedEngineLM(stack["engine"], base)
+    tasks = [resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=2, max_gen_toks=16), stack["manager"])]
+    store = ItemStore(stack["root"] / "chat")
+    evaluate(lm, [base], tasks, stack["manager"], store)
+    evaluate(lm, [base], tasks, stack["manager"], store, chat_template=True)  # must not reuse the plain items
+    stored = {path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+              for path in store.root.rglob("ifeval-*.jsonl")}
+    assert len(stored) == 2
+    templated = [prompts for prompts in stored.values() if all("<|im_start|>" in p for p in prompts)]
+    plain = [prompts for prompts in stored.values() if not any("<|im_start|>" in p for p in prompts)]
+    assert len(templated) == len(plain) == 1 and len(templated[0]) == 2
+    assert templated[0][0].rstrip().endswith("<|im_start|>assistant")  # the generation prompt follows the user turn
 
 
 def test_backend_is_registered_with_lm_eval():

@@ -35,6 +35,14 @@ def test_task_key_changes_with_settings(manager):
     assert a.key != b.key and a.key == resolve_task(TaskRequest("commonsense_qa", "acc", limit=10), manager).key
 
 
+def test_resolved_task_carries_the_request_settings(manager):
+    ifeval = resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=4, max_gen_toks=48), manager)
+    assert ifeval.task.config.generation_kwargs["max_gen_toks"] == 48  # what every arm is scored with
+    assert ifeval.task.config.num_fewshot == 0
+    plain = resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=4), manager)
+    assert plain.task.config.generation_kwargs["max_gen_toks"] != 48 and plain.key != ifeval.key
+
+
 @pytest.mark.parametrize(
     "request_,message",
     [

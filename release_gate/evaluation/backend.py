@@ -77,9 +77,23 @@ class SharedEngineLM(TemplateLM):
         return self.engine.settings.max_model_len
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        """Token ids as vLLM would make them; no second BOS when a chat template already wrote one."""
         if add_special_tokens is None:
-            add_special_tokens = True if self.add_bos_token is None else self.add_bos_token
+            bos = self.tokenizer.bos_token
+            templated = bool(bos) and string.startswith(bos)
+            add_special_tokens = self.add_bos_token is not False and not templated
         return self.tokenizer.encode(string, add_special_tokens=add_special_tokens)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render lm-eval's chat messages with the model's own template (``apply_chat_template=True``).
+
+        Instruct models are scored as they are served; ``add_generation_prompt``
+        is false only when lm-eval continues a prefilled assistant turn.
+        """
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """Sum of continuation log-probs and whether each continuation token is the argmax.

@@ -9,6 +9,8 @@ so the only difference between their scores is the adapter.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,11 +94,33 @@ def _cpu_defaults() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
 
 
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill PID``, a cancelled CI job) unwind like Ctrl-C, so ``Engine.close`` runs.
+
+    Python's default SIGTERM action ends the process at once: vLLM's engine
+    core and worker processes do not watch their parent and would keep
+    running. Installed only over the default action, from the main thread,
+    and left in place: a ``SystemExit`` is an ordinary exit once the engine
+    is gone.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Engine:
-    """A started ``vllm.LLM(enable_lora=True)`` plus the LoRA id registry."""
+    """A started ``vllm.LLM(enable_lora=True)`` plus the LoRA id registry.
+
+    Use it as a context manager (or call :meth:`close` in a ``finally``):
+    Ctrl-C and SIGTERM then stop the engine's processes too.
+    """
 
     def __init__(self, settings: EngineSettings) -> None:
         _cpu_defaults()
+        _exit_on_sigterm()
         from vllm import LLM
 
         self.settings = settings

@@ -2,7 +2,9 @@
 
 lm-eval builds requests and scores items; the runner asks it for one
 (arm, task) at a time so each finished pair is stored at once, and answers
-pairs already in the store without touching the engine.
+pairs already in the store without touching the engine. Each task is loaded
+once (:func:`resolve_task`) and its requests are built once per run
+(:class:`BuiltTask`): only the answers differ between arms.
 """
 
 from __future__ import annotations
@@ -50,9 +52,15 @@ class ResolvedTask:
 
 
 def resolve_task(request: TaskRequest, manager: Any) -> ResolvedTask:
-    """Load ``request.name`` from the task manager and check the metric it must produce."""
+    """Load ``request.name`` from the task manager and check the metric it must produce.
+
+    The returned task is the one every arm is scored on: ``request``'s
+    few-shot and generation settings are applied to it here, once, the way
+    ``lm_eval.simple_evaluate`` applies them (the key covers them separately).
+    """
     from lm_eval.tasks import get_task_dict
 
+    _seed_like_lm_eval()  # a task's process_docs may shuffle (lm-eval seeds before loading)
     try:
         task = get_task_dict([request.name], manager)[request.name]
     except (KeyError, ValueError) as exc:
@@ -69,7 +77,35 @@ def resolve_task(request: TaskRequest, manager: Any) -> ResolvedTask:
         "limit": request.limit, "num_fewshot": request.num_fewshot, "max_gen_toks": request.max_gen_toks,
         "lm_eval": metadata.version("lm_eval"),
     }
-    return ResolvedTask(request, task, content_key(payload), metric_key)
+    key = content_key(payload)
+    _apply_overrides(task, request)
+    return ResolvedTask(request, task, key, metric_key)
+
+
+def _apply_overrides(task: Any, request: TaskRequest) -> None:
+    """``simple_evaluate``'s per-task overrides: generation kwargs, few-shot count (0 stays 0)."""
+    from lm_eval.utils import simple_parse_args_string
+
+    gen_kwargs = request.gen_kwargs()
+    if gen_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=simple_parse_args_string(gen_kwargs), update=True)
+    if request.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=request.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+
+
+def _seed_like_lm_eval() -> None:
+    """The global seeds ``simple_evaluate`` sets, so a score never depends on what ran before."""
+    import random
+
+    import numpy as np
+    from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+    from lm_eval.utils import set_torch_seed
+
+    random.seed(DEFAULT_RANDOM_SEED)
+    np.random.seed(DEFAULT_OTHER_SEED)
+    set_torch_seed(DEFAULT_OTHER_SEED)
 
 
 def _metric_key(request: TaskRequest, metrics: list[str], filters: list[str]) -> str:
@@ -113,39 +149,97 @@ def _prompt(sample: dict[str, Any]) -> str:
     return str(first[0] if isinstance(first, (list, tuple)) else first)
 
 
-def evaluate_arm_task(lm: SharedEngineLM, arm: Arm, resolved: ResolvedTask, manager: Any) -> list[Item]:
-    """Run lm-eval for one (arm, task) on the shared engine."""
-    from lm_eval import simple_evaluate
+class BuiltTask:
+    """A resolved task whose lm-eval requests are built once and answered by one arm after another.
 
-    request = resolved.request
-    result = simple_evaluate(
-        model=lm.for_arm(arm), tasks=[request.name], task_manager=manager, limit=request.limit,
-        num_fewshot=request.num_fewshot, gen_kwargs=request.gen_kwargs(), log_samples=True,
-        bootstrap_iters=0, verbosity="WARNING",
-    )
-    return items_from_samples(result["samples"][request.name])
+    ``simple_evaluate`` reloads the task, re-renders every prompt (CSQA
+    compiles a jinja template per document) and collects an environment
+    report (``pip list``) on every call: 2.5 s per arm before any scoring.
+    The requests do not depend on the arm, so lm-eval's own ``evaluate`` gets
+    this object as the task: its first ``build_all_requests`` builds them,
+    every later one hands the same requests out with their answers cleared.
+    Everything else is the loaded task's (``__getattr__``), so filters,
+    metrics and logged samples are lm-eval's.
+    """
+
+    def __init__(self, resolved: ResolvedTask, chat_template: bool = False) -> None:
+        self.resolved = resolved
+        self.chat_template = chat_template
+        self._built: tuple[str, list[Any]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resolved.task, name)
+
+    def store_key(self, lm: Any) -> str:
+        """The task part of the store key: with a chat template, prompts (and scores) change with it."""
+        if not self.chat_template:
+            return self.resolved.key
+        return content_key({"task": self.resolved.key, "chat_template": lm.chat_template(True)})
+
+    def build_all_requests(self, *, chat_template: Any = None, **settings: Any) -> None:
+        """lm-eval's hook, called once per arm: build on first use (or new settings), else reuse.
+
+        ``chat_template`` is the scoring LM's bound method, new for every arm;
+        the prompts it renders depend only on the tokenizer, which
+        ``tokenizer_name`` in ``settings`` names.
+        """
+        from lm_eval.defaults import DEFAULT_OTHER_SEED
+
+        task = self.resolved.task
+        key = repr(sorted(settings.items()))
+        if self._built is None or self._built[0] != key:
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+            task.build_all_requests(chat_template=chat_template, **settings)
+            self._built = (key, task._instances)
+            return
+        for instance in self._built[1]:  # fresh lists: logged samples of earlier arms keep theirs
+            instance.resps, instance.filtered_resps = [], {}
+        task._instances = self._built[1]
+
+    def score(self, lm: Any) -> list[Item]:
+        """lm-eval's ``evaluate`` of this task with ``lm``: per-item scores."""
+        from lm_eval.evaluator import evaluate as lm_eval_evaluate
+
+        name = self.resolved.request.name
+        _seed_like_lm_eval()
+        result = lm_eval_evaluate(
+            lm=lm, task_dict={"tasks": {name: self}, "groups": {}}, limit=self.resolved.request.limit,
+            bootstrap_iters=0, log_samples=True, apply_chat_template=self.chat_template,
+            fewshot_as_multiturn=True,  # simple_evaluate's default
+        )
+        return items_from_samples(result["samples"][name])
+
+
+def evaluate_arm_task(lm: SharedEngineLM, arm: Arm, task: BuiltTask) -> list[Item]:
+    """Run lm-eval for one (arm, task) on the shared engine."""
+    return task.score(lm.for_arm(arm))
 
 
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], manager: Any, store: ItemStore,
-    cross_arm: bool = True,
+    cross_arm: bool = True, chat_template: bool = False,
 ) -> dict[tuple[str, str], list[Item]]:
     """Scores for every (arm, task), from the store where present; returns items by (arm, task).
 
     With ``cross_arm`` the arms still missing for a task share engine calls
     (one ``generate`` with a per-prompt LoRA list); each (arm, task) is still
-    stored as soon as it is scored.
+    stored as soon as it is scored. ``chat_template`` renders prompts with
+    the tokenizer's chat template (instruct models, e.g. IFEval); it is part
+    of the store key. ``manager`` is not used any more (``tasks`` are loaded)
+    and stays for existing callers.
     """
     from tqdm.auto import tqdm
 
     engine_key = lm.engine.settings.key()
     out: dict[tuple[str, str], list[Item]] = {}
     with tqdm(total=len(arms) * len(tasks), desc="evaluation", unit="arm×task") as bar:
-        for task in tasks:
-            name = task.request.name
+        for resolved in tasks:
+            name = resolved.request.name
+            task = BuiltTask(resolved, chat_template)
+            task_key = task.store_key(lm)
             pending = []
             for arm in arms:
-                items = store.load(arm, name, task.key, engine_key)
+                items = store.load(arm, name, task_key, engine_key)
                 if items is None:
                     pending.append(arm)
                 else:
@@ -154,8 +248,8 @@ def evaluate(
             shared = lm.batched_with(tuple(pending)) if cross_arm and len(pending) > 1 else lm
             for arm in pending:
                 bar.set_postfix_str(f"{arm.name} / {name}")
-                items = evaluate_arm_task(shared, arm, task, manager)
-                store.save(arm, name, task.key, engine_key, items)
+                items = evaluate_arm_task(shared, arm, task)
+                store.save(arm, name, task_key, engine_key, items)
                 out[(arm.name, name)] = items
                 bar.update()
     return out

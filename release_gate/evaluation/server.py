@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import BadInput, RuntimeFailure
 from ..hashing import content_key
 from .engine import Arm
-from .runner import ResolvedTask, items_from_samples
+from .runner import BuiltTask, ResolvedTask
 from .store import Item, ItemStore
 
 
@@ -79,50 +79,49 @@ def unload(server: Server, arm: Arm) -> None:
         raise RuntimeFailure(f"vLLM server refused to unload {arm.lora_name}: {refusal}") from None
 
 
-def evaluate_arm_task(server: Server, arm: Arm, resolved: ResolvedTask, manager: Any) -> list[Item]:
+def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask) -> list[Item]:
     """Score one (arm, task) through lm-eval's ``local-completions`` against the server."""
     import lm_eval.models  # noqa: F401  (lm-eval imports its built-ins only while its registry is empty)
-    from lm_eval import simple_evaluate
+    from lm_eval.api.registry import get_model
 
-    request = resolved.request
     model = server.model if arm.adapter is None else arm.lora_name
     model_args = (
         f"model={model},base_url={server.url.rstrip('/')}/v1/completions,tokenizer={server.tokenizer},"
         "tokenizer_backend=huggingface,num_concurrent=1,max_retries=2,tokenized_requests=True"
     )
     try:
-        result = simple_evaluate(
-            model="local-completions", model_args=model_args, tasks=[request.name], task_manager=manager,
-            limit=request.limit, num_fewshot=request.num_fewshot, gen_kwargs=request.gen_kwargs(),
-            log_samples=True, bootstrap_iters=0, verbosity="WARNING",
-        )
+        return task.score(get_model("local-completions").create_from_arg_string(model_args))
     except Exception as exc:  # lm-eval's HTTP client raises many types; keep the cause
-        raise RuntimeFailure(f"vLLM server at {server.url} failed on {request.name} for {arm.name}: "
+        raise RuntimeFailure(f"vLLM server at {server.url} failed on {task.resolved.request.name} for {arm.name}: "
                              f"{type(exc).__name__}: {exc}") from exc
-    return items_from_samples(result["samples"][request.name])
 
 
 def evaluate(
     server: Server, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], manager: Any, store: ItemStore,
 ) -> dict[tuple[str, str], list[Item]]:
-    """Every (arm, task) through the server, resuming from ``store``; each adapter is unloaded after use."""
+    """Every (arm, task) through the server, resuming from ``store``; each adapter is unloaded after use.
+
+    Each task's requests are built once for all arms (:class:`~.runner.BuiltTask`);
+    ``manager`` is not used any more (``tasks`` are loaded) and stays for existing callers.
+    """
+    built = [BuiltTask(task) for task in tasks]
     out: dict[tuple[str, str], list[Item]] = {}
     for arm in arms:
         pending = []
-        for task in tasks:
-            items = store.load(arm, task.request.name, task.key, server.key())
+        for task in built:
+            items = store.load(arm, task.resolved.request.name, task.resolved.key, server.key())
             if items is None:
                 pending.append(task)
             else:
-                out[(arm.name, task.request.name)] = items
+                out[(arm.name, task.resolved.request.name)] = items
         if not pending:
             continue
         load(server, arm)
         try:
             for task in pending:
-                items = evaluate_arm_task(server, arm, task, manager)
-                store.save(arm, task.request.name, task.key, server.key(), items)
-                out[(arm.name, task.request.name)] = items
+                items = evaluate_arm_task(server, arm, task)
+                store.save(arm, task.resolved.request.name, task.resolved.key, server.key(), items)
+                out[(arm.name, task.resolved.request.name)] = items
         finally:
             unload(server, arm)
     return out

@@ -1,0 +1,148 @@
+"""Ctrl-C, SIGTERM and kill -9 mid-evaluation: at most the (arm, task) in flight is lost, no engine process survives.
+
+A real run (tests/interrupted_run.py) in its own process group is
+interrupted as soon as it stores a new (arm, task) file, then resumed; the
+store must hold only complete files, and a resumed run must leave stored
+pairs untouched and compute only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from interrupted_run import REQUESTS, arms_from, resolve, settings
+
+from release_gate.assets import fetch
+from release_gate.evaluation.store import ItemStore
+
+from factories import smollm2_adapter
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+SCRIPT = Path(__file__).with_name("interrupted_run.py")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> list[str]:
+    model_dir = fetch().model_dir
+    root = tmp_path_factory.mktemp("interrupt-adapters")
+    return [f"a{seed}={smollm2_adapter(model_dir, root / f'a{seed}', seed=seed)}" for seed in (5, 6, 7)]
+
+
+class Run:
+    """One ``interrupted_run.py`` in its own process group (its id is the group id)."""
+
+    def __init__(self, store: Path, tasks: Path, adapters: list[str], log: Path) -> None:
+        self.log = log
+        with open(log, "w") as handle:
+            self.process = subprocess.Popen([sys.executable, str(SCRIPT), str(store), str(tasks), *adapters],
+                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, seconds: float) -> int:
+        try:
+            return self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise AssertionError(f"run did not exit in {seconds} s:\n{self.log.read_text()[-3000:]}") from None
+
+    def wait_for_new_file(self, store: Path, known: dict[Path, int], seconds: float = 600) -> None:
+        deadline = time.monotonic() + seconds
+        while not set(stored(store)) - set(known):
+            if self.process.poll() is not None:
+                raise AssertionError(f"run exited with {self.process.returncode} before storing a new pair:\n"
+                                     f"{self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                raise AssertionError("no new (arm, task) file")
+            time.sleep(0.05)
+
+
+def stored(store: Path) -> dict[Path, int]:
+    """Stored (arm, task) files and their modification times (a rewrite changes it)."""
+    return {path: path.stat().st_mtime_ns for path in store.rglob("*.jsonl")}
+
+
+def group_members(group: int) -> list[str]:
+    """Live processes (zombies are dead) in process group ``group``, read from /proc."""
+    members = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == group and state != "Z":
+            members.append(f"{pid} {stat.split(' ', 2)[1]}")
+    return members
+
+
+def assert_no_survivors(group: int, grace: float = 15) -> None:
+    deadline = time.monotonic() + grace
+    while group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(group) == [], "engine processes survived the interrupted run"
+
+
+def test_interrupted_runs_lose_at_most_the_pair_in_flight(adapters, tmp_path):
+    store_dir, task_dir = tmp_path / "store", tmp_path / "tasks"
+    arms = arms_from(adapters)
+    assets = fetch()
+    tasks, _ = resolve(assets, task_dir)
+    engine_key = settings(assets, arms).key()
+    store = ItemStore(store_dir)
+    pairs = [(arm, task) for arm in arms for task in tasks]
+    expected = {store.path(arm, task.request.name, task.key, engine_key) for arm, task in pairs}
+    assert len(expected) == len(arms) * len(REQUESTS)
+
+    def check_store() -> dict[Path, int]:
+        """Only the run's own files, each complete and valid JSONL (writes are atomic); a stray .tmp is never read."""
+        files = stored(store_dir)
+        assert set(files) <= expected
+        for arm, task in pairs:
+            items = store.load(arm, task.request.name, task.key, engine_key)
+            path = store.path(arm, task.request.name, task.key, engine_key)
+            assert (items is not None) == (path in files), path
+            assert items is None or len(items) == task.request.limit, path
+        return files
+
+    # Ctrl-C from a terminal: SIGINT to the whole foreground process group, engine processes included
+    run = Run(store_dir, task_dir, adapters, tmp_path / "ctrl-c.log")
+    run.wait_for_new_file(store_dir, {})
+    os.killpg(run.process.pid, signal.SIGINT)
+    assert run.wait(120) != 0
+    assert_no_survivors(run.process.pid)
+    first = check_store()
+    assert 0 < len(first) < len(expected)
+
+    # `kill PID` / a cancelled CI job: SIGTERM to the run alone; only its own shutdown can stop the engine
+    run = Run(store_dir, task_dir, adapters, tmp_path / "sigterm.log")
+    run.wait_for_new_file(store_dir, first)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait(120) == 128 + signal.SIGTERM  # unwound through Engine.close, not killed outright
+    assert_no_survivors(run.process.pid)
+    second = check_store()
+    assert {path: second[path] for path in first} == first  # resumed: stored pairs were not recomputed
+    assert len(first) < len(second) < len(expected)
+
+    # kill -9 of the whole group: nothing runs any cleanup, the store must still be sound
+    run = Run(store_dir, task_dir, adapters, tmp_path / "kill-9.log")
+    run.wait_for_new_file(store_dir, second)
+    os.killpg(run.process.pid, signal.SIGKILL)
+    run.wait(60)
+    assert_no_survivors(run.process.pid)
+    third = check_store()
+    assert {path: third[path] for path in second} == second
+    assert len(second) < len(third)
+
+    run = Run(store_dir, task_dir, adapters, tmp_path / "resume.log")
+    assert run.wait(900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert_no_survivors(run.process.pid)
+    final = check_store()
+    assert set(final) == set(expected)
+    assert {path: final[path] for path in third} == third
