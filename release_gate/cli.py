@@ -1,7 +1,8 @@
 """``release-gate`` command line: parse argv, call the library, map errors to exit codes.
 
-This is the only module that knows about argv and exit codes: 0 success,
-2 bad config/input (:class:`~release_gate.errors.BadInput`), 1 runtime failure.
+This is the only module that knows about argv and exit codes: 0 success
+(``run``/``demo``: PROMOTE), 10 REJECT, 11 INCONCLUSIVE, 2 bad config/input
+(:class:`~release_gate.errors.BadInput`), 1 runtime failure.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="release-gate",
         description="Evaluation-gated release of LoRA adapters: refine an adapter with Spectral Surgery, "
         "then promote a variant only when paired statistics say it is better.",
-        epilog=EPILOG,
+        epilog="Exit codes: 0 success (run/demo: PROMOTE), 10 REJECT and 11 INCONCLUSIVE (run/demo), "
+        "2 bad config or input, 1 runtime failure.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -74,3 +74,16 @@ def test_humaneval_needs_explicit_code_execution(manager, tmp_path):
     process = humaneval.task.config.process_results
     assert process(docs[0], [docs[0]["canonical_solution"]]) == {"pass@1": 1.0}  # really executed
     assert process(docs[0], ["    return None\n"]) == {"pass@1": 0.0}
+
+
+def test_item_response_is_the_chosen_choice_for_multiple_choice():
+    from release_gate.evaluation.runner import items_from_samples
+
+    choices = [("Q: …\nAnswer:", " A"), ("Q: …\nAnswer:", " B"), ("Q: …\nAnswer:", " C")]
+    sample = {"doc_id": 3, "target": "B", "arguments": choices, "metrics": ["acc"], "acc": 1.0,
+              "filtered_resps": [(-2.0, False), (-0.5, True), (-3.0, False)]}
+    [item] = items_from_samples([sample])
+    assert item.response == "B" and item.metrics == {"acc,none": 1.0} and item.prompt.startswith("Q:")
+    generated = {"doc_id": 4, "target": "x", "arguments": [("Write.", {"until": []})], "metrics": ["acc"],
+                 "acc": 0.0, "filtered_resps": ["a poem"]}
+    assert items_from_samples([generated])[0].response == "a poem"
