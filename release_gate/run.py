@@ -253,7 +253,11 @@ def check_applied(items: dict[tuple[str, str], list[Item]], tasks: Sequence[str]
 
 
 def _same_items(a: list[Item], b: list[Item]) -> bool:
-    return [(i.doc_id, i.response, i.metrics) for i in a] == [(i.doc_id, i.response, i.metrics) for i in b]
+    """Same answers, scores and (multiple choice) log-likelihoods on every item."""
+    def fields(items: list[Item]) -> list[tuple]:
+        return [(i.doc_id, i.response, i.metrics, i.choice_logprobs) for i in items]
+
+    return fields(a) == fields(b)
 
 
 def score_vectors(items: dict[tuple[str, str], list[Item]], arms: Sequence[str],

@@ -134,7 +134,8 @@ def test_cross_arm_batching_matches_sequential_with_fewer_engine_calls(stack, mo
     sequential = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "sequential"), cross_arm=False)
     assert batched_calls < len(calls)
     for key, items in sequential.items():
-        assert [(i.doc_id, i.metrics, i.response) for i in batched[key]] == [(i.doc_id, i.metrics, i.response) for i in items]
+        fields = [(i.doc_id, i.metrics, i.response, i.choice_logprobs) for i in items]
+        assert [(i.doc_id, i.metrics, i.response, i.choice_logprobs) for i in batched[key]] == fields
 
 
 def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, monkeypatch):

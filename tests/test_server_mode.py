@@ -50,8 +50,9 @@ def test_server_scores_equal_in_process_scores(served):
     finally:
         served["process"].send_signal(signal.SIGCONT)
     for key, items in in_process.items():
-        ours = np.array([float(i.response) for i in items])
-        theirs = np.array([float(i.response) for i in via_server[key]])
+        ours = np.array([i.choice_logprobs for i in items])
+        theirs = np.array([i.choice_logprobs for i in via_server[key]])
+        assert ours.shape == (5, 5)
         np.testing.assert_allclose(theirs, ours, atol=1e-3)
         assert [i.metrics for i in items] == [i.metrics for i in via_server[key]]
 

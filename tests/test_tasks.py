@@ -84,6 +84,8 @@ def test_item_response_is_the_chosen_choice_for_multiple_choice():
               "filtered_resps": [(-2.0, False), (-0.5, True), (-3.0, False)]}
     [item] = items_from_samples([sample])
     assert item.response == "B" and item.metrics == {"acc,none": 1.0} and item.prompt.startswith("Q:")
+    assert item.choice_logprobs == [-2.0, -0.5, -3.0]
     generated = {"doc_id": 4, "target": "x", "arguments": [("Write.", {"until": []})], "metrics": ["acc"],
                  "acc": 0.0, "filtered_resps": ["a poem"]}
     assert items_from_samples([generated])[0].response == "a poem"
+    assert items_from_samples([generated])[0].choice_logprobs is None

@@ -128,8 +128,11 @@ def items_from_samples(samples: Sequence[dict[str, Any]]) -> list[Item]:
     for sample in samples:
         entry = by_doc.setdefault(int(sample["doc_id"]), {
             "metrics": {}, "target": str(sample.get("target", "")),
-            "response": _response(sample), "prompt": _prompt(sample),
+            "response": _first_text(sample.get("filtered_resps")), "prompt": _prompt(sample),
+            "choice_logprobs": _choice_logprobs(sample),
         })
+        if entry["choice_logprobs"] is not None:
+            entry["response"] = _chosen(sample, entry["choice_logprobs"])
         for metric in sample.get("metrics", []):
             value = sample.get(metric)
             if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
@@ -137,21 +140,20 @@ def items_from_samples(samples: Sequence[dict[str, Any]]) -> list[Item]:
     return [Item(doc_id=doc, **entry) for doc, entry in sorted(by_doc.items())]
 
 
-def _response(sample: dict[str, Any]) -> str:
-    """What the arm answered: the generated text, or for multiple choice the highest-scoring choice.
-
-    A multiple-choice sample's responses are one log-likelihood per choice;
-    the item-level diffs of the report need the chosen continuation, not a number.
-    """
+def _choice_logprobs(sample: dict[str, Any]) -> list[float] | None:
+    """A multiple-choice sample's log-likelihood per choice (``None`` for generated answers)."""
     responses = sample.get("filtered_resps")
     arguments = sample.get("arguments") or []
-    if isinstance(responses, (list, tuple)) and len(arguments) > 1 and len(responses) == len(arguments):
-        scores = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
-        if all(isinstance(x, (int, float)) for x in scores):
-            best = max(range(len(scores)), key=scores.__getitem__)
-            choice = arguments[best]
-            return str(choice[1] if isinstance(choice, (list, tuple)) and len(choice) > 1 else choice).strip()
-    return _first_text(responses)
+    if not isinstance(responses, (list, tuple)) or len(arguments) < 2 or len(responses) != len(arguments):
+        return None
+    scores = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
+    return [float(x) for x in scores] if all(isinstance(x, (int, float)) for x in scores) else None
+
+
+def _chosen(sample: dict[str, Any], logprobs: list[float]) -> str:
+    """What a multiple-choice arm answered: the highest-scoring continuation (the report shows it)."""
+    choice = sample["arguments"][max(range(len(logprobs)), key=logprobs.__getitem__)]
+    return str(choice[1] if isinstance(choice, (list, tuple)) and len(choice) > 1 else choice).strip()
 
 
 def _first_text(value: Any) -> str:

@@ -20,13 +20,18 @@ from .engine import Arm
 
 @dataclass(frozen=True)
 class Item:
-    """One scored evaluation item: metrics by ``metric,filter`` name, and what was produced."""
+    """One scored evaluation item: metrics by ``metric,filter`` name, and what was produced.
+
+    Multiple-choice items also keep each choice's log-likelihood (``response``
+    is then the chosen continuation).
+    """
 
     doc_id: int
     metrics: dict[str, float]
     target: str
     response: str
     prompt: str
+    choice_logprobs: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__
