@@ -95,7 +95,7 @@ def measured_run(args: argparse.Namespace) -> dict[str, Any]:
                     TaskRequest("ifeval", "prompt_level_strict_acc", limit=args.ifeval, max_gen_toks=args.max_gen_toks)]
         tasks = [resolve_task(r, manager) for r in requests]
         store = ItemStore(Path(tempfile.mkdtemp(prefix="store-", dir=root)))
-        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, manager, store, cross_arm=args.cross_arm)
+        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, store, cross_arm=args.cross_arm)
         out.update(evaluation=time.perf_counter() - start, engine=engine.seconds, arms=len(arms))
         if args.tokens_per_second:  # after the evaluation; the parent takes its time out of the process time
             start = time.perf_counter()

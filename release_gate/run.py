@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from .hashing import content_key, file_sha256
 from .report.render import render_report
 from .surgery.adapter import check_output_dir, load_adapter
 from .surgery.calibration import CalibrationConfig
-from .surgery.edit import SIDECAR, refine
+from .surgery.edit import SIDECAR, package_versions, refine
 from .surgery.inspect import diagnose
 from .surgery.policies import Policy
 from .surgery.policy_files import resolve_policy
@@ -188,7 +187,7 @@ def local_data_files(resolved: Sequence[ResolvedTask]) -> list[Path]:
 # --- evaluation ---------------------------------------------------------------------------------------
 
 
-def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask], manager: Any,
+def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask],
                   store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any], dict[str, Any]]:
     """Per-item results for every (arm, task), the canary record, and the engine/server settings.
 
@@ -201,7 +200,7 @@ def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTas
 
         endpoint = server_mode.Server(server.url, server.model or config.base_model,
                                       server.tokenizer or config.base_model)
-        items = server_mode.evaluate(endpoint, arms, resolved, manager, store)
+        items = server_mode.evaluate(endpoint, arms, resolved, store)
         return items, {"probe": "not run in server mode (per-item check only)"}, {"server": asdict(server)}
     from .evaluation.engine import EngineSettings
 
@@ -215,14 +214,14 @@ def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTas
               for a in arms for t in resolved}
     if all(v is not None for v in cached.values()) and canary_file.is_file():
         return cached, json.loads(canary_file.read_text()), asdict(settings)
-    items, record = _evaluate_on_engine(settings, config, arms, resolved, manager, store)
+    items, record = _evaluate_on_engine(settings, config, arms, resolved, store)
     canary_file.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(canary_file, json.dumps(record))
     return items, record, asdict(settings)
 
 
 def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask],
-                        manager: Any, store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any]]:
+                        store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any]]:
     """Start the one engine, run the canary, score what the store lacks; the engine stops on any exit."""
     from .evaluation import canary
     from .evaluation.backend import SharedEngineLM
@@ -234,7 +233,7 @@ def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resol
         report = canary.check(engine, base, baseline, others)
         lm = SharedEngineLM(engine, base, batch_size=config.evaluation.batch_size)
         try:
-            items = evaluate(lm, arms, resolved, manager, store, cross_arm=config.evaluation.cross_arm,
+            items = evaluate(lm, arms, resolved, store, cross_arm=config.evaluation.cross_arm,
                              chat_template=config.evaluation.chat_template)
         except ReleaseGateError:
             raise
@@ -287,7 +286,6 @@ class Plan:
 
     policies: list[Policy]
     controls: list[Policy]
-    manager: Any
     resolved: list[ResolvedTask]
     targets: list[Any]
     guards: list[Any]
@@ -299,15 +297,14 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     """Resolve policies, tasks, metrics and calibration; every config mistake surfaces here."""
     rule = gate_rule(config)
     policies, controls = candidate_policies(config), control_policies(config)
-    manager = task_manager_for(config, cache_dir)
-    resolved = resolve_tasks(config, manager)
+    resolved = resolve_tasks(config, task_manager_for(config, cache_dir))
     rules = [replace(r, metric=t.metric_key) for r, t in
              zip([*task_rules(config.targets, "target"), *task_rules(config.guards, "guard")], resolved)]
     calibration = calibration_config(config, local_data_files(resolved))
     needy = [p.name for p in policies if p.needs_calibration]
     if needy and calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
-    return Plan(policies, controls, manager, resolved, rules[:len(config.targets)], rules[len(config.targets):],
+    return Plan(policies, controls, resolved, rules[:len(config.targets)], rules[len(config.targets):],
                 calibration, rule)
 
 
@@ -317,12 +314,11 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
     out = Path(config.output.dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     adapter = load_adapter(config.adapter)
-    check_output_dir(out, [config.adapter], overwrite=True)
     try:
         plan = make_plan(config, cache_dir)
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
-    policies, controls, manager, resolved = plan.policies, plan.controls, plan.manager, plan.resolved
+    policies, controls, resolved = plan.policies, plan.controls, plan.resolved
     targets, guards, calibration, rule = plan.targets, plan.guards, plan.calibration, plan.rule
     prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
     announce_plan(resolved, [*targets, *guards], rule.alpha, log)
@@ -338,7 +334,7 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
     arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
             *(Arm.from_adapter(variant.name, path) for path, variant in written)]
     since = time.perf_counter()
-    items, canary_record, engine_record = evaluate_arms(config, arms, resolved, manager,
+    items, canary_record, engine_record = evaluate_arms(config, arms, resolved,
                                                         ItemStore(cache_dir / "items"))
     timer.stage("evaluation", since)
     task_names = [t.request.name for t in resolved]
@@ -416,6 +412,7 @@ def provenance(config: RunConfig, adapter_sha256: str, written: Sequence[Any], e
                timer: Timer) -> dict[str, Any]:
     """Hashes of every input, package versions, engine settings and timings."""
     base_config = Path(config.base_model) / "config.json"
+    versions = package_versions(PACKAGES)
     calibration = next((json.loads((path / SIDECAR).read_text())["calibration"] for path, variant in written
                         if variant.policy.needs_calibration), None)
     return {
@@ -423,17 +420,6 @@ def provenance(config: RunConfig, adapter_sha256: str, written: Sequence[Any], e
         "base_config_sha256": file_sha256(base_config) if base_config.is_file() else None,
         "calibration_sha256": calibration["file_sha256"] if calibration else None,
         "calibration_indices": calibration["indices"] if calibration else None,
-        "packages": _versions(), "engine": engine_record, "timings": timer.total(),
-        "started": timer.wall,
-        "release_gate": _versions().get("release-gate"),
+        "packages": versions, "engine": engine_record, "timings": timer.total(), "started": timer.wall,
+        "release_gate": versions["release-gate"],
     }
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out

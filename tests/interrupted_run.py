@@ -32,11 +32,11 @@ def settings(assets: Assets, arms: Sequence[Arm]) -> EngineSettings:
     return EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024)
 
 
-def resolve(assets: Assets, task_dir: Path) -> tuple[list[ResolvedTask], object]:
-    """The tasks (and their manager) exactly as the run resolves them: the test derives store paths."""
+def resolve(assets: Assets, task_dir: Path) -> list[ResolvedTask]:
+    """The tasks exactly as the run resolves them: the test derives store paths."""
     prepare_environment(assets)
     manager = task_manager([write_offline_tasks(assets, task_dir)])
-    return [resolve_task(request, manager) for request in REQUESTS], manager
+    return [resolve_task(request, manager) for request in REQUESTS]
 
 
 def main() -> None:
@@ -48,10 +48,10 @@ def main() -> None:
     store_dir, task_dir, *named = sys.argv[1:]
     assets = fetch()
     arms = arms_from(named)
-    tasks, manager = resolve(assets, Path(task_dir))
+    tasks = resolve(assets, Path(task_dir))
     with Engine(settings(assets, arms)) as engine:
         print("engine started", flush=True)
-        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, manager, ItemStore(Path(store_dir)), cross_arm=False)
+        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, ItemStore(Path(store_dir)), cross_arm=False)
     print("done", flush=True)
 
 

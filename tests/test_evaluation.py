@@ -90,7 +90,7 @@ def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
     lm = SharedEngineLM(stack["engine"], arms[0])
     tasks = [resolve_task(TaskRequest("commonsense_qa", "acc", limit=6), stack["manager"])]
     store = ItemStore(stack["root"] / "store")
-    first = evaluate(lm, arms, tasks, stack["manager"], store)
+    first = evaluate(lm, arms, tasks, store)
     assert {k: len(v) for k, v in first.items()} == {(a.name, "commonsense_qa"): 6 for a in arms}
     assert all(set(item.metrics) == {"acc,none"} for items in first.values() for item in items)
     # "crash": one (arm, task) file is lost; only that pair may touch the engine again
@@ -99,7 +99,7 @@ def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
     original = type(stack["engine"]).generate
     monkeypatch.setattr(type(stack["engine"]), "generate",
                         lambda self, prompts, params, owners: calls.append(owners[0].name) or original(self, prompts, params, owners))
-    second = evaluate(lm, arms, tasks, stack["manager"], store)
+    second = evaluate(lm, arms, tasks, store)
     assert set(calls) == {"random_index@0"}
     assert [i.metrics for i in second[("random_index@0", "commonsense_qa")]] == [
         i.metrics for i in first[("random_index@0", "commonsense_qa")]]
@@ -112,7 +112,7 @@ def test_offline_generation_tasks_run(stack):
         resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=3, max_gen_toks=48), stack["manager"]),
         resolve_task(TaskRequest("gsm8k", "exact_match,flexible-extract", limit=2, max_gen_toks=48), stack["manager"]),
     ]
-    scores = evaluate(lm, [base], tasks, stack["manager"], ItemStore(stack["root"] / "gen-store"))
+    scores = evaluate(lm, [base], tasks, ItemStore(stack["root"] / "gen-store"))
     ifeval = scores[("base", "ifeval")]
     assert len(ifeval) == 3 and all("prompt_level_strict_acc,none" in i.metrics for i in ifeval)
     assert any(i.response.strip() for i in ifeval)  # real generations (an instruct model may stop at once)
@@ -129,9 +129,9 @@ def test_cross_arm_batching_matches_sequential_with_fewer_engine_calls(stack, mo
     original = type(stack["engine"]).generate
     monkeypatch.setattr(type(stack["engine"]), "generate",
                         lambda self, prompts, params, owners: calls.append(len(prompts)) or original(self, prompts, params, owners))
-    batched = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "batched"), cross_arm=True)
+    batched = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "batched"), cross_arm=True)
     batched_calls, calls[:] = len(calls), []
-    sequential = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "sequential"), cross_arm=False)
+    sequential = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "sequential"), cross_arm=False)
     assert batched_calls < len(calls)
     for key, items in sequential.items():
         fields = [(i.doc_id, i.metrics, i.response, i.choice_logprobs) for i in items]
@@ -150,7 +150,7 @@ def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, mon
         build = task.task.build_all_requests
         monkeypatch.setattr(task.task, "build_all_requests", lambda build=build, **kw: builds.append(1) or build(**kw))
     lm = SharedEngineLM(stack["engine"], arms[0])
-    ours = evaluate(lm, arms, tasks, stack["manager"], ItemStore(stack["root"] / "built-once"), cross_arm=False)
+    ours = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "built-once"), cross_arm=False)
     assert len(builds) == len(tasks)  # not once per arm
     for arm in arms:  # lm-eval's own path: a fresh task, fresh requests for every (arm, task)
         for request in requests:
@@ -165,8 +165,8 @@ def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
     lm = SharedEngineLM(stack["engine"], base)
     tasks = [resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=2, max_gen_toks=16), stack["manager"])]
     store = ItemStore(stack["root"] / "chat")
-    evaluate(lm, [base], tasks, stack["manager"], store)
-    evaluate(lm, [base], tasks, stack["manager"], store, chat_template=True)  # must not reuse the plain items
+    evaluate(lm, [base], tasks, store)
+    evaluate(lm, [base], tasks, store, chat_template=True)  # must not reuse the plain items
     stored = {path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
               for path in store.root.rglob("ifeval-*.jsonl")}
     assert len(stored) == 2

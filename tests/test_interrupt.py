@@ -93,7 +93,7 @@ def test_interrupted_runs_lose_at_most_the_pair_in_flight(adapters, tmp_path):
     store_dir, task_dir = tmp_path / "store", tmp_path / "tasks"
     arms = arms_from(adapters)
     assets = fetch()
-    tasks, _ = resolve(assets, task_dir)
+    tasks = resolve(assets, task_dir)
     engine_key = settings(assets, arms).key()
     store = ItemStore(store_dir)
     pairs = [(arm, task) for arm in arms for task in tasks]

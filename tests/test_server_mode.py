@@ -38,14 +38,14 @@ def served(tmp_path_factory):
 def test_server_scores_equal_in_process_scores(served):
     arms = [Arm.base(), Arm.from_adapter("baseline", served["adapter"])]
     tasks = [resolve_task(TaskRequest("commonsense_qa", "acc", limit=5), served["manager"])]
-    via_server = server_mode.evaluate(served["server"], arms, tasks, served["manager"], ItemStore(served["root"] / "s"))
+    via_server = server_mode.evaluate(served["server"], arms, tasks, ItemStore(served["root"] / "s"))
     # the adapter was unloaded after use: loading it again must succeed
     server_mode.load(served["server"], arms[1])
     server_mode.unload(served["server"], arms[1])
     served["process"].send_signal(signal.SIGSTOP)  # keep the server's CPU out of the in-process run
     try:
         with Engine(EngineSettings.for_arms(str(served["assets"].model_dir), arms, max_model_len=1024)) as engine:
-            in_process = evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, served["manager"],
+            in_process = evaluate(SharedEngineLM(engine, arms[0]), arms, tasks,
                                   ItemStore(served["root"] / "p"))
     finally:
         served["process"].send_signal(signal.SIGCONT)

@@ -235,7 +235,7 @@ def evaluate_arm_task(lm: SharedEngineLM, arm: Arm, task: BuiltTask) -> list[Ite
 
 
 def evaluate(
-    lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], manager: Any, store: ItemStore,
+    lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
     cross_arm: bool = True, chat_template: bool = False,
 ) -> dict[tuple[str, str], list[Item]]:
     """Scores for every (arm, task), from the store where present; returns items by (arm, task).
@@ -244,8 +244,7 @@ def evaluate(
     (one ``generate`` with a per-prompt LoRA list); each (arm, task) is still
     stored as soon as it is scored. ``chat_template`` renders prompts with
     the tokenizer's chat template (instruct models, e.g. IFEval); it is part
-    of the store key. ``manager`` is not used any more (``tasks`` are loaded)
-    and stays for existing callers.
+    of the store key.
     """
     from tqdm.auto import tqdm
 

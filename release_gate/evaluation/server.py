@@ -97,12 +97,11 @@ def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask) -> list[Item]:
 
 
 def evaluate(
-    server: Server, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], manager: Any, store: ItemStore,
+    server: Server, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
 ) -> dict[tuple[str, str], list[Item]]:
     """Every (arm, task) through the server, resuming from ``store``; each adapter is unloaded after use.
 
-    Each task's requests are built once for all arms (:class:`~.runner.BuiltTask`);
-    ``manager`` is not used any more (``tasks`` are loaded) and stays for existing callers.
+    Each task's requests are built once for all arms (:class:`~.runner.BuiltTask`).
     """
     built = [BuiltTask(task) for task in tasks]
     out: dict[tuple[str, str], list[Item]] = {}

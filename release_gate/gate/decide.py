@@ -218,9 +218,7 @@ def task_summaries(comparisons: Sequence[Comparison], rules: Sequence[TaskRule],
         against_baseline = [c.estimate for c in comparisons
                             if c.task == r.name and c.reference == BASELINE and c.arm in variants]
         n = against_baseline[0].n if against_baseline else 0
-        finite = [e for e in against_baseline if not math.isinf(e.se)]
-        observed = (stats.mde(math.sqrt(np.mean([(e.se**2) * e.n for e in finite])), n, alpha)
-                    if finite else math.inf)
+        observed = stats.observed_mde(against_baseline, alpha)
         out[r.name] = {"role": r.role, "metric": r.metric, "higher_is_better": r.higher_is_better,
                        "weight": r.weight if r.role == "target" else None,
                        "max_drop": r.max_drop if r.role == "guard" else None, "n": n,

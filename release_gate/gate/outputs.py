@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from ..errors import BadInput
+
 SCHEMA_VERSION = 1
 DECISION = "decision.json"
 SUMMARY = "summary.md"
@@ -40,8 +42,6 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def read_decision(run_dir: Path) -> dict[str, Any]:
     """The decision document of a run directory."""
-    from ..errors import BadInput
-
     path = Path(run_dir) / DECISION
     if not path.is_file():
         raise BadInput(f"{run_dir}: no {DECISION} (not a finished release-gate run directory)")
@@ -104,7 +104,7 @@ def junit_xml(document: dict[str, Any]) -> str:
               f'skipped="0">')
     outcome = f'    <properties><property name="outcome" value={quoteattr(document["outcome"])}/></properties>'
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', "<testsuites>", header, outcome, *cases,
-                      "  </testsuite>".strip(), "</testsuites>"]) + "\n"
+                      "</testsuite>", "</testsuites>"]) + "\n"
 
 
 def model_card(document: dict[str, Any]) -> str:

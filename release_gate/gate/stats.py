@@ -131,11 +131,12 @@ def planned_mde(n: int, alpha: float, discordance: float = PLANNED_DISCORDANCE) 
     return mde(math.sqrt(discordance), n, alpha)
 
 
-def observed_mde(estimate: Estimate, alpha: float) -> float:
-    """MDE with the spread actually observed in a paired comparison."""
-    if math.isinf(estimate.se):
+def observed_mde(estimates: Sequence[Estimate], alpha: float) -> float:
+    """MDE with the spread observed in paired comparisons on one task (variances pooled over them)."""
+    finite = [e for e in estimates if not math.isinf(e.se)]
+    if not finite:
         return math.inf
-    return mde(estimate.se * math.sqrt(estimate.n), estimate.n, alpha)
+    return mde(math.sqrt(float(np.mean([e.se**2 * e.n for e in finite]))), finite[0].n, alpha)
 
 
 def mean_interval(values: np.ndarray, alpha: float) -> tuple[float, float, float, float]:

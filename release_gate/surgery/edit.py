@@ -8,6 +8,7 @@ policy, and write each variant as a PEFT directory plus ``spectral_edit.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -145,9 +146,14 @@ def sidecar(
     }
 
 
-def package_versions() -> dict[str, str]:
+#: What a variant's sidecar records the versions of.
+EDIT_PACKAGES = ("release-gate", "torch", "transformers", "peft", "safetensors", "numpy")
+
+
+def package_versions(names: Sequence[str] = EDIT_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (``not installed`` for the missing), for provenance records."""
     out = {}
-    for name in ("release-gate", "torch", "transformers", "peft", "safetensors", "numpy"):
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
