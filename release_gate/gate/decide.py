@@ -81,10 +81,10 @@ class Criterion:
         """The criterion in words, in points (×100): what was measured and what it needed."""
         level = round(100 * (1 - self.alpha))
         if self.id.startswith("guard:"):
-            return (f"guard {self.task} {_pts(self.estimate.delta)} pts vs {self.reference} "
-                    f"({level}% LCB {_pts(self.lcb)}, budget ≥ {_pts(self.threshold)})")
-        return (f"target reward {_pts(self.estimate.delta)} pts vs {self.reference} "
-                f"({level}% LCB {_pts(self.lcb)}, needs > {_pts(self.threshold)})")
+            return (f"guard {self.task} {pts(self.estimate.delta)} pts vs {self.reference} "
+                    f"({level}% LCB {pts(self.lcb)}, budget ≥ {pts(self.threshold)})")
+        return (f"target reward {pts(self.estimate.delta)} pts vs {self.reference} "
+                f"({level}% LCB {pts(self.lcb)}, needs > {pts(self.threshold)})")
 
     def to_json(self) -> dict[str, Any]:
         e = self.estimate
@@ -154,10 +154,14 @@ class Decision:
         }
 
 
-def _pts(value: float) -> str:
+def pts(value: float | None, signed: bool = True) -> str:
+    """A 0–1 metric difference as points (×100) with a real minus sign; ``n/a`` and ±∞ where unbounded."""
+    if value is None:
+        return "n/a"
     if math.isinf(value):
         return "−∞" if value < 0 else "+∞"
-    return f"{100 * value:+.1f}".replace("-", "−")
+    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return text.replace("-", "−")
 
 
 def _finite(value: float) -> float | None:
@@ -299,7 +303,7 @@ def outcome_of(verdicts: Mapping[str, Verdict], rule: GateRule) -> tuple[str, st
             f"with confidence (p = {win.p_adjusted:.3g}{' after Holm' if rule.holm and len(verdicts) > 1 else ''} "
             f"< α = {rule.alpha})")
         head = (f"PROMOTE {win.arm}: it beats baseline and the random control and stays within every guard budget "
-                f"{evidence}; target reward {_pts(win.reward)} pts, worst guard drop {100 * win.worst_guard_drop:.1f} pts")
+                f"{evidence}; target reward {pts(win.reward)} pts, worst guard drop {100 * win.worst_guard_drop:.1f} pts")
         return "PROMOTE", win.arm, [head, *details]
     if near:
         head = (f"INCONCLUSIVE: {', '.join(v.arm for v in near)} pass on point estimates but not with "

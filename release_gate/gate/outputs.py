@@ -16,6 +16,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import BadInput
+from .decide import pts
 
 SCHEMA_VERSION = 1
 DECISION = "decision.json"
@@ -52,14 +53,6 @@ def read_decision(run_dir: Path) -> dict[str, Any]:
     if document.get("schema_version") != SCHEMA_VERSION:
         raise BadInput(f"{path}: schema_version {document.get('schema_version')!r} is not {SCHEMA_VERSION}")
     return document
-
-
-def pts(value: float | None, signed: bool = True) -> str:
-    """A 0–1 metric difference as points (×100), with a real minus sign."""
-    if value is None:
-        return "n/a"
-    text = f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-    return text.replace("-", "−")
 
 
 def summary_markdown(document: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..gate.outputs import pts
+from ..gate.decide import pts
 from . import svg
 
 REWARD = "reward"

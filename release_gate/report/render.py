@@ -20,7 +20,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from ..gate.outputs import pts, read_decision, write_text_atomic
+from ..gate.decide import pts
+from ..gate.outputs import read_decision, write_text_atomic
 from . import plots
 
 REPORT = "report.html"
