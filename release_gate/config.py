@@ -104,6 +104,7 @@ class EvaluationSection:
     chat_template: bool = False
     include_path: tuple[str, ...] = ()
     limit: int | None = None
+    sample_seed: int = 0
     engine_args: dict | None = None
     server: ServerSection | None = None
 
@@ -334,4 +335,4 @@ def gate_rule(config: RunConfig):
     from .gate.rules import GateRule
 
     values = {"control_reference": config.controls.reference, **config.gate}
-    return dataclass_from(GateRule, values, "gate")
+    return dataclass_from(GateRule, _tuples(GateRule, values), "gate")

@@ -16,18 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .assets import default_cache_dir
 from .config import RunConfig, gate_rule, task_rules
-from .errors import BadInput, ReleaseGateError, RuntimeFailure
-from .evaluation.engine import Arm
+from .errors import BadInput
+from .evaluation.engine import Arm, EngineSettings
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
+from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
-from .gate import stats
-from .gate.decide import BASELINE, Decision, budget_warnings, decide
+from .gate import boundaries, stats
+from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
 from .gate.outputs import EXIT_CODES, SCHEMA_VERSION, write_outputs, write_text_atomic
-from .hashing import content_key, file_sha256
+from .hashing import file_sha256
 from .report.render import render_report
 from .surgery.adapter import check_output_dir, load_adapter
 from .surgery.calibration import CalibrationConfig
@@ -160,15 +159,8 @@ def resolve_tasks(config: RunConfig, manager: Any) -> list[ResolvedTask]:
     for entry in (*config.targets, *config.guards):
         limit = entry.limit if entry.limit is not None else config.evaluation.limit
         request = TaskRequest(entry.task, entry.metric, limit, entry.num_fewshot, entry.max_gen_toks)
-        resolved.append(resolve_task(request, manager))
+        resolved.append(resolve_task(request, manager, config.evaluation.sample_seed))
     return resolved
-
-
-def task_items(resolved: ResolvedTask) -> int:
-    """How many items the task will score (its evaluation split, capped by ``limit``)."""
-    docs = resolved.task.eval_docs
-    n = len(docs)
-    return min(n, resolved.request.limit) if resolved.request.limit else n
 
 
 def local_data_files(resolved: Sequence[ResolvedTask]) -> list[Path]:
@@ -184,113 +176,18 @@ def local_data_files(resolved: Sequence[ResolvedTask]) -> list[Path]:
     return files
 
 
-# --- evaluation ---------------------------------------------------------------------------------------
-
-
-def evaluate_arms(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask],
-                  store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any], dict[str, Any]]:
-    """Per-item results for every (arm, task), the canary record, and the engine/server settings.
-
-    When every (arm, task) is already stored, no engine is started at all: a
-    re-run that only changes gate settings costs seconds.
-    """
-    server = config.evaluation.server
-    if server is not None:
-        from .evaluation import server as server_mode
-
-        endpoint = server_mode.Server(server.url, server.model or config.base_model,
-                                      server.tokenizer or config.base_model)
-        items = server_mode.evaluate(endpoint, arms, resolved, store)
-        return items, {"probe": "not run in server mode (per-item check only)"}, {"server": asdict(server)}
-    from .evaluation.engine import EngineSettings
-
-    evaluation = config.evaluation
-    settings = EngineSettings.for_arms(
-        config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
-        gpu_memory_utilization=evaluation.gpu_memory_utilization, extra=dict(evaluation.engine_args or {}),
-    )
-    canary_file = store.root / f"canary-{content_key([settings.key(), [a.sha256 for a in arms]])}.json"
-    cached = {(a.name, t.request.name): store.load(a, t.request.name, t.key, settings.key())
-              for a in arms for t in resolved}
-    if all(v is not None for v in cached.values()) and canary_file.is_file():
-        return cached, json.loads(canary_file.read_text()), asdict(settings)
-    items, record = _evaluate_on_engine(settings, config, arms, resolved, store)
-    canary_file.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(canary_file, json.dumps(record))
-    return items, record, asdict(settings)
-
-
-def _evaluate_on_engine(settings: Any, config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask],
-                        store: ItemStore) -> tuple[dict[tuple[str, str], list[Item]], dict[str, Any]]:
-    """Start the one engine, run the canary, score what the store lacks; the engine stops on any exit."""
-    from .evaluation import canary
-    from .evaluation.backend import SharedEngineLM
-    from .evaluation.engine import Engine
-    from .evaluation.runner import evaluate
-
-    base, baseline, *others = arms
-    with Engine(settings) as engine:
-        report = canary.check(engine, base, baseline, others)
-        lm = SharedEngineLM(engine, base, batch_size=config.evaluation.batch_size)
-        try:
-            items = evaluate(lm, arms, resolved, store, cross_arm=config.evaluation.cross_arm,
-                             chat_template=config.evaluation.chat_template)
-        except ReleaseGateError:
-            raise
-        except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives
-            raise RuntimeFailure(f"evaluation failed: {type(exc).__name__}: {exc}; every finished (arm, task) "
-                                 f"is kept in {store.root}: run again with --resume to continue") from exc
-    return items, report.to_json()
-
-
-def check_applied(items: dict[tuple[str, str], list[Item]], tasks: Sequence[str]) -> None:
-    """Per-item canary: an adapter the engine ignored answers exactly like the base model everywhere."""
-    same = all(_same_items(items[("base", t)], items[(BASELINE, t)]) for t in tasks)
-    if same:
-        raise RuntimeFailure("adapter not applied by the engine: baseline's answers and scores equal the base "
-                             "model's on every item of every task")
-
-
-def _same_items(a: list[Item], b: list[Item]) -> bool:
-    """Same answers, scores and (multiple choice) log-likelihoods on every item."""
-    def fields(items: list[Item]) -> list[tuple]:
-        return [(i.doc_id, i.response, i.metrics, i.choice_logprobs) for i in items]
-
-    return fields(a) == fields(b)
-
-
-def score_vectors(items: dict[tuple[str, str], list[Item]], arms: Sequence[str],
-                  resolved: Sequence[ResolvedTask]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-arm per-task metric vectors over the same items in the same order (pairing by doc_id)."""
-    out: dict[str, dict[str, np.ndarray]] = {arm: {} for arm in arms}
-    for task in resolved:
-        name = task.request.name
-        reference = [i.doc_id for i in items[(BASELINE, name)]]
-        for arm in arms:
-            by_doc = {i.doc_id: i for i in items[(arm, name)]}
-            if sorted(by_doc) != sorted(reference):
-                raise RuntimeFailure(f"{arm} / {name}: scored items differ from baseline's; cannot pair them")
-            try:
-                out[arm][name] = np.array([by_doc[d].metrics[task.metric_key] for d in reference])
-            except KeyError:
-                raise RuntimeFailure(f"{arm} / {name}: an item lacks metric {task.metric_key!r}") from None
-    return out
-
-
 # --- the run ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Plan:
-    """Everything a config resolves to before anything is written: arms, tasks, rules, calibration."""
+    """Everything a config resolves to before anything is written: arms, tasks, rules, calibration, looks."""
 
     policies: list[Policy]
     controls: list[Policy]
     resolved: list[ResolvedTask]
-    targets: list[Any]
-    guards: list[Any]
     calibration: CalibrationConfig | None
-    rule: Any
+    design: Design
 
 
 def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
@@ -304,8 +201,11 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     needy = [p.name for p in policies if p.needs_calibration]
     if needy and calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
-    return Plan(policies, controls, resolved, rules[:len(config.targets)], rules[len(config.targets):],
-                calibration, rule)
+    design = Design(rule, tuple(rules[:len(config.targets)]), tuple(rules[len(config.targets):]),
+                    {t.request.name: t.size for t in resolved}, tuple(p.name for p in policies),
+                    tuple(c.name for c in controls), with_base=True,
+                    available={t.request.name: t.available for t in resolved})
+    return Plan(policies, controls, resolved, calibration, design)
 
 
 def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResult:
@@ -318,15 +218,13 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
         plan = make_plan(config, cache_dir)
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
-    policies, controls, resolved = plan.policies, plan.controls, plan.resolved
-    targets, guards, calibration, rule = plan.targets, plan.guards, plan.calibration, plan.rule
     prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
-    announce_plan(resolved, [*targets, *guards], rule.alpha, log)
+    announce_plan(plan, log)
 
     since = time.perf_counter()
-    arms_policies = [*policies, *controls]
+    arms_policies = [*plan.policies, *plan.controls]
     written = refine(config.base_model, adapter, arms_policies,
-                     {p.name: out / "variants" / p.name for p in arms_policies}, calibration, cache_dir,
+                     {p.name: out / "variants" / p.name for p in arms_policies}, plan.calibration, cache_dir,
                      config.edit.targets, config.edit.layers, config.edit.rebuild, config.device, config.dtype)
     timer.stage("calibration_and_variants", since)
     write_text_atomic(out / "inspect.json", json.dumps(diagnose(adapter), indent=1))
@@ -334,35 +232,72 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
     arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
             *(Arm.from_adapter(variant.name, path) for path, variant in written)]
     since = time.perf_counter()
-    items, canary_record, engine_record = evaluate_arms(config, arms, resolved,
-                                                        ItemStore(cache_dir / "items"))
-    timer.stage("evaluation", since)
-    task_names = [t.request.name for t in resolved]
-    check_applied(items, task_names)
-    save_items(out, items)
-
-    since = time.perf_counter()
-    names = [a.name for a in arms]
-    decision = decide(score_vectors(items, names, resolved), targets, guards, rule,
-                      [p.name for p in policies], [c.name for c in controls])
-    timer.stage("gate", since)
-    identical = identical_to_baseline(arms, items, task_names)
-    document = build_document(config, decision, arms, identical, canary_record, engine_record, written,
-                              adapter.sha256, timer)
+    with evaluation_session(config, arms, plan.resolved, ItemStore(cache_dir / "items")) as session:
+        decision = run_gate(plan.design, session.fetch)
+    timer.stage("evaluation_and_gate", since)
+    for line in look_summary(decision):
+        log(line)
+    save_items(out, session.items)
+    identical = identical_to_baseline(arms, session.items, [t.request.name for t in plan.resolved])
+    document = build_document(config, decision, arms, identical, session.canary, session.record, written,
+                              adapter.sha256, plan, timer)
     write_outputs(out, document, {path.name: path for path, _ in written})
     render_report(out)
     return RunResult(out, document)
 
 
-def announce_plan(resolved: Sequence[ResolvedTask], rules: Sequence[Any], alpha: float, log: Log) -> None:
-    """Print each task's n and minimum detectable effect, and budget warnings, before anything expensive."""
-    n_items = {}
-    for task, rule in zip(resolved, rules):
-        n = n_items[rule.name] = task_items(task)
-        budget = f", budget {100 * rule.max_drop:.1f} pts" if rule.role == "guard" else ""
-        log(f"plan: {rule.role} {task.request.name} [{task.metric_key}] n={n}, minimum detectable effect "
-            f"≈{100 * stats.planned_mde(n, alpha):.1f} pts at α={alpha}, 80% power{budget}")
-    for warning in budget_warnings(rules, n_items, alpha):
+def evaluation_session(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask], store: ItemStore
+                       ) -> EvaluationSession:
+    """Scores on demand for the gate's looks: one in-process engine (started only if needed) or a server."""
+    evaluation = config.evaluation
+    if evaluation.server is not None:
+        from .evaluation import server as server_mode
+
+        server = evaluation.server
+        endpoint = server_mode.Server(server.url, server.model or config.base_model, server.tokenizer or config.base_model)
+        return EvaluationSession(arms, resolved, store, server=endpoint)
+    settings = EngineSettings.for_arms(
+        config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
+        gpu_memory_utilization=evaluation.gpu_memory_utilization, extra=dict(evaluation.engine_args or {}),
+    )
+    return EvaluationSession(arms, resolved, store, settings=settings, batch_size=evaluation.batch_size,
+                             cross_arm=evaluation.cross_arm, chat_template=evaluation.chat_template)
+
+
+def look_summary(decision: Decision) -> list[str]:
+    """One line per look: items per task and what happened to the variants."""
+    lines = []
+    for look in decision.looks:
+        sizes = ", ".join(f"{task} {n}" for task, n in look["n"].items())
+        events = ", ".join(f"{arm} {entry['status']}" for arm, entry in look["variants"].items()
+                           if entry["status"] != "evaluating")
+        lines.append(f"look {look['look']}/{len(decision.design.fractions)} ({sizes}; {len(look['arms'])} arms)"
+                     + (f": {events}" if events else ""))
+    return lines
+
+
+def announce_plan(plan: Plan, log: Log) -> None:
+    """Print each task's n, minimum detectable effect and expected items, and warnings, before anything expensive."""
+    design = plan.design
+    rule = design.rule
+    sequential = len(design.fractions) > 1
+    drift = stats.z_for_power(rule.alpha)
+    null_share = boundaries.expected_share(design.fractions, rule.alpha, rule.futility, 0.0) if sequential else 1.0
+    mde_share = boundaries.expected_share(design.fractions, rule.alpha, rule.futility, drift) if sequential else 1.0
+    for task, task_rule in zip(plan.resolved, design.rules):
+        n = task.size
+        budget = f", budget {100 * task_rule.max_drop:.1f} pts" if task_rule.role == "guard" else ""
+        expected = (f"; looks at {', '.join(str(k) for k in boundaries.look_sizes(n, design.fractions))} items, "
+                    f"expected ≈{round(null_share * n)} per arm with no effect, ≈{round(mde_share * n)} at the MDE"
+                    if sequential else "")
+        log(f"plan: {task_rule.role} {task.request.name} [{task.metric_key}] n={n} of {task.available}, minimum "
+            f"detectable effect ≈{100 * stats.planned_mde(n, rule.alpha):.1f} pts at α={rule.alpha}, 80% power"
+            f"{budget}{expected}")
+        if task.random_fewshot:
+            log(f"warning: task {task.request.name} draws its few-shot examples at random, so an item's prompt "
+                "depends on the items built with it: its items are stored per chunk and shared only by runs "
+                "that evaluate the same chunks (fewshot_config sampler first_n lifts this)")
+    for warning in budget_warnings(design.rules, design.limits, rule.alpha):
         log(f"warning: {warning}")
 
 
@@ -376,15 +311,20 @@ def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:
 
 def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list[Item]],
                           tasks: Sequence[str]) -> set[str]:
-    """Arms whose adapter content, or every answer and score, equals baseline's."""
+    """Arms whose adapter content, or every answer and score on the items they were scored on, equals baseline's."""
     baseline = next(a for a in arms if a.name == BASELINE)
+
+    def same(arm: str, task: str) -> bool:
+        mine = items[(arm, task)]
+        return same_items(mine, items[(BASELINE, task)][: len(mine)])
+
     return {a.name for a in arms if a.adapter is not None and a.name != BASELINE and (
-        a.sha256 == baseline.sha256 or all(_same_items(items[(a.name, t)], items[(BASELINE, t)]) for t in tasks))}
+        a.sha256 == baseline.sha256 or all(same(a.name, t) for t in tasks))}
 
 
 def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], identical: set[str],
                    canary_record: dict[str, Any], engine_record: dict[str, Any], written: Sequence[Any],
-                   adapter_sha256: str, timer: Timer) -> dict[str, Any]:
+                   adapter_sha256: str, plan: Plan, timer: Timer) -> dict[str, Any]:
     """The ``decision.json`` document (schema in docs/run-directory.md)."""
     policies = {variant.name: variant.policy.parameters() for _, variant in written}
     roles = {"base": "base", BASELINE: "baseline"}
@@ -405,6 +345,8 @@ def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], i
         "canary": {**canary_record, "identical_to_baseline": sorted(identical)},
         "config": config.to_json(),
         "provenance": provenance(config, adapter_sha256, written, engine_record, timer),
+        "samples": {t.request.name: {"seed": t.sample_seed, "available": t.available, "limit": t.size,
+                                     "evaluated": decision.tasks[t.request.name]["n"]} for t in plan.resolved},
     }
 
 

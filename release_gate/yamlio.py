@@ -50,17 +50,33 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with every ``--set`` applied (later ones win)."""
+    """Return a copy of ``data`` with every ``--set`` applied (later ones win).
+
+    A numeric part indexes a list (``targets.0.limit=240``): the entry must exist.
+    """
     out = _deep_copy(data)
     for item in items:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
+        node: Any = out
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise BadInput(f"--set {item!r}: {'.'.join(path[:depth]) or 'the config'} is a list of "
+                                   f"{len(node)} entries; {part!r} is not an index into it")
+                index = int(part)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+                continue
+            if last:
+                node[part] = value
+                break
             child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise BadInput(f"--set {item!r}: {part!r} is not a section")
             node = child
-        node[path[-1]] = value
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -93,8 +94,8 @@ def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
     first = evaluate(lm, arms, tasks, store)
     assert {k: len(v) for k, v in first.items()} == {(a.name, "commonsense_qa"): 6 for a in arms}
     assert all(set(item.metrics) == {"acc,none"} for items in first.values() for item in items)
-    # "crash": one (arm, task) file is lost; only that pair may touch the engine again
-    store.path(arms[2], "commonsense_qa", tasks[0].key, lm.engine.settings.key()).unlink()
+    # "crash": one (arm, task)'s items are lost; only that pair may touch the engine again
+    shutil.rmtree(store.directory(arms[2], "commonsense_qa", tasks[0].key, lm.engine.settings.key()))
     calls = []
     original = type(stack["engine"]).generate
     monkeypatch.setattr(type(stack["engine"]), "generate",
@@ -154,10 +155,12 @@ def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, mon
     assert len(builds) == len(tasks)  # not once per arm
     for arm in arms:  # lm-eval's own path: a fresh task, fresh requests for every (arm, task)
         for request in requests:
+            chosen = sorted(i.doc_id for i in ours[(arm.name, request.name)])  # the sampled items, not the first n
             result = simple_evaluate(model=lm.for_arm(arm), tasks=[request.name], task_manager=stack["manager"],
-                                     limit=request.limit, gen_kwargs=request.gen_kwargs(), bootstrap_iters=0)
+                                     samples={request.name: chosen}, gen_kwargs=request.gen_kwargs(),
+                                     bootstrap_iters=0)
             reference = items_from_samples(result["samples"][request.name])
-            assert ours[(arm.name, request.name)] == reference
+            assert sorted(ours[(arm.name, request.name)], key=lambda i: i.doc_id) == reference
 
 
 def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
@@ -168,12 +171,37 @@ def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
     evaluate(lm, [base], tasks, store)
     evaluate(lm, [base], tasks, store, chat_template=True)  # must not reuse the plain items
     stored = {path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
-              for path in store.root.rglob("ifeval-*.jsonl")}
+              for path in store.root.rglob("ifeval-*/*.jsonl")}
     assert len(stored) == 2
     templated = [prompts for prompts in stored.values() if all("<|im_start|>" in p for p in prompts)]
     plain = [prompts for prompts in stored.values() if not any("<|im_start|>" in p for p in prompts)]
     assert len(templated) == len(plain) == 1 and len(templated[0]) == 2
     assert templated[0][0].rstrip().endswith("<|im_start|>assistant")  # the generation prompt follows the user turn
+
+
+def test_a_larger_limit_evaluates_only_the_new_items_in_sampled_order(stack, monkeypatch):
+    """Items come in a seeded random order, so 3 then 7 items: the second run scores exactly the 4 new ones."""
+    from release_gate.evaluation.runner import BuiltTask
+
+    arms = list(stack["arms"].values())
+    lm = SharedEngineLM(stack["engine"], arms[0])
+    small = resolve_task(TaskRequest("commonsense_qa", "acc", limit=3), stack["manager"], sample_seed=11)
+    large = resolve_task(TaskRequest("commonsense_qa", "acc", limit=7), stack["manager"], sample_seed=11)
+    assert small.key == large.key and small.doc_ids() == large.doc_ids()[:3] != [0, 1, 2]
+    store = ItemStore(stack["root"] / "grows")
+    scored = []
+    original = BuiltTask.score
+    monkeypatch.setattr(BuiltTask, "score",
+                        lambda self, model, ids: scored.append((model.arm.name, tuple(ids))) or original(self, model, ids))
+    first = evaluate(lm, arms, [small], store)
+    assert sorted(n for _, ids in scored for n in [len(ids)]) == [3] * len(arms)
+    scored.clear()
+    second = evaluate(lm, arms, [large], store)
+    assert {arm for arm, _ in scored} == {a.name for a in arms}
+    assert all(set(ids) == set(large.doc_ids()[3:]) for _, ids in scored)
+    for arm in arms:
+        assert [i.doc_id for i in second[(arm.name, "commonsense_qa")]] == large.doc_ids()
+        assert second[(arm.name, "commonsense_qa")][:3] == first[(arm.name, "commonsense_qa")]
 
 
 def test_backend_is_registered_with_lm_eval():

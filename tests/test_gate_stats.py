@@ -1,200 +1,491 @@
-"""The gate's statistics and decision rule, against scipy/statsmodels and hand-computed cases."""
+"""The gate's exact tests and decision rule, against exact references and by simulation.
+
+References: ``scipy.stats.binomtest`` (McNemar for 0/1 scores), exhaustive enumeration of every sign
+flip / relabelling on small cases, a brute-force supremum for the margin test and the exact size of
+the guard test at its budget edge (every table enumerated), gsDesign's published O'Brien–Fleming
+boundaries. Then every branch of the decision on hand-built scores, and the simulation in the sparse
+regime that surgery produces (fixed and sequential, ≥ 2,000 gates per null scenario).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar
+from scipy.special import gammaln
 from statsmodels.stats.multitest import multipletests
 
-from release_gate.gate import stats
+from release_gate.gate import boundaries, simulate, stats
 from release_gate.gate.decide import decide
+from release_gate.gate.margin import MarginTest, _table, margin_lower_bound, margin_p_value, tango_z
+from release_gate.gate.permutation import PairedData, PermutationTest, null_distribution
 from release_gate.gate.rules import GateRule, TaskRule
 
 CONTROLS = ["random_index@0", "random_index@1", "random_index@2"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "reports" / "test-artifacts"
 
 
-def test_paired_matches_scipy_paired_t() -> None:
-    rng = np.random.default_rng(1)
-    ref = rng.normal(size=80)
-    arm = ref + rng.normal(0.2, 0.5, size=80)
-    e = stats.paired(arm, ref)
-    test = sps.ttest_rel(arm, ref, alternative="greater")
-    assert e.p_above(0.0) == pytest.approx(test.pvalue, rel=1e-9)
-    assert e.lower(0.05) == pytest.approx(test.confidence_interval(0.95).low, rel=1e-9)
-    shifted = sps.ttest_1samp(arm - ref - 0.1, 0.0, alternative="greater")
-    assert e.p_above(0.1) == pytest.approx(shifted.pvalue, rel=1e-9)
-    assert (e.p_above(0.1) < 0.05) == (e.lower(0.05) > 0.1)
+# --- the superiority test: paired permutation ------------------------------------------------------------
 
 
-def test_binary_paired_agrees_with_mcnemar() -> None:
-    """0/1 scores: b items won, c items lost; one-sided t ≈ half the two-sided McNemar z test."""
-    b, c, same = 40, 22, 300
-    arm = np.array([1] * b + [0] * c + [1] * (same // 2) + [0] * (same - same // 2), dtype=float)
-    ref = np.array([0] * b + [1] * c + [1] * (same // 2) + [0] * (same - same // 2), dtype=float)
-    e = stats.paired(arm, ref)
-    assert e.discordant == b + c
-    assert e.delta == pytest.approx((b - c) / len(arm))
-    chi2 = mcnemar([[same // 2, b], [c, same - same // 2]], exact=False, correction=False)
-    assert e.p_above(0.0) == pytest.approx(chi2.pvalue / 2, rel=0.05)
+def _flipped(rng, n, rate):
+    base = rng.integers(0, 2, n).astype(float)
+    other = base.copy()
+    flip = rng.random(n) < rate
+    other[flip] = 1 - other[flip]
+    return other, base
 
 
-def test_holm_matches_statsmodels() -> None:
-    p = [0.01, 0.04, 0.03, 0.005, 0.5]
-    assert stats.holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+def test_sign_flip_of_0_1_scores_is_binomtest() -> None:
+    """Exact McNemar: the closed form and both dynamic programs equal scipy's binomial test."""
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        v, b = _flipped(rng, int(rng.integers(1, 300)), rng.random() * 0.3)
+        wins, losses = int(((v == 1) & (b == 0)).sum()), int(((v == 0) & (b == 1)).sum())
+        reference = sps.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+        data = PairedData.of(v, b)
+        assert PermutationTest(data).p_value(0.0) == pytest.approx(reference, abs=1e-12)
+        for with_shift in (False, True):
+            assert null_distribution(data, with_shift).p_value(0.0) == pytest.approx(reference, abs=1e-10)
 
 
-def test_weighted_reward_hand_computed() -> None:
-    a = stats.Estimate(0.10, 0.02, 100, 99.0)
-    b = stats.Estimate(0.02, 0.04, 50, 49.0)
-    r = stats.weighted([a, b], [3.0, 1.0])
-    assert r.delta == pytest.approx(0.75 * 0.10 + 0.25 * 0.02)
-    assert r.se == pytest.approx(math.sqrt((0.75 * 0.02) ** 2 + (0.25 * 0.04) ** 2))
-    v1, v2 = (0.75 * 0.02) ** 2, (0.25 * 0.04) ** 2
-    assert r.df == pytest.approx((v1 + v2) ** 2 / (v1**2 / 99 + v2**2 / 49))
-    single = stats.weighted([a], [2.0])
-    assert (single.delta, single.se, single.df) == (a.delta, a.se, a.df)
+def test_three_favourable_flips_of_120_are_not_significant() -> None:
+    """The issue's case: the paired t-test said 0.042, the exact answer is 0.5³ = 0.125."""
+    b = np.zeros(120)
+    v = b.copy()
+    v[:3] = 1
+    assert PermutationTest(PairedData.of(v, b)).p_value(0.0) == pytest.approx(0.125)
 
 
-def test_degenerate_spreads() -> None:
-    same = stats.paired(np.ones(30), np.ones(30))
-    assert same.delta == 0 and same.se == 0 and same.p_above(0.0) == 1.0 and same.p_above(-0.01) == 0.5**30
-    one = stats.paired(np.ones(1), np.zeros(1))
-    assert math.isinf(one.se) and one.p_above(0.0) == 1.0 and one.lower(0.05) == -math.inf
-    with pytest.raises(ValueError):
-        stats.paired(np.ones(3), np.ones(4))
+def _enumerate(v, c, w, delta):
+    """Every relabelling of every item: the exact p-value by brute force."""
+    n, k = c.shape
+    y = np.column_stack([v - delta, c])
+    observed = np.dot(w, (v - delta) - c.mean(1))
+    hits = total = 0
+    for slots in itertools.product(range(k + 1), repeat=n):
+        chosen = y[np.arange(n), slots]
+        statistic = np.dot(w, ((k + 1) * chosen - y.sum(1)) / k)
+        hits += statistic >= observed - 1e-9
+        total += 1
+    return hits / total
 
 
-def test_mde_has_the_stated_power() -> None:
-    """A true effect equal to the MDE is detected in ≈80% of paired t-tests."""
-    rng = np.random.default_rng(2)
-    n, sd, alpha = 200, 0.5, 0.05
-    effect = stats.mde(sd, n, alpha)
-    assert effect == pytest.approx((sps.norm.ppf(0.95) + sps.norm.ppf(0.8)) * sd / math.sqrt(n))
-    hits = sum(stats.paired(rng.normal(effect, sd, n), np.zeros(n)).p_above(0.0) < alpha for _ in range(2000))
-    assert 0.76 < hits / 2000 < 0.84
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_permutation_equals_exhaustive_enumeration(k) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(12):
+        n = int(rng.integers(2, 10 if k == 1 else 6))
+        v = rng.choice([0.0, 0.25, 0.5, 1.0], n)
+        c = rng.choice([0.0, 0.25, 0.5, 1.0], (n, k))
+        w = np.full(n, 1 / n)
+        test = PermutationTest(PairedData.of(v, c))
+        for delta in (0.0, -0.2, 0.1):
+            assert test.p_value(delta) == pytest.approx(_enumerate(v, c, w, delta), abs=1e-9)
 
 
-# --- the decision rule ----------------------------------------------------------------------------------
-
-
-def _binary(rng: np.random.Generator, theta: np.ndarray, shift: float = 0.0) -> np.ndarray:
-    """0/1 outcomes for one arm: items share a difficulty θ_i, so arms are positively correlated."""
-    return (rng.random(theta.size) < np.clip(theta + shift, 0.0, 1.0)).astype(float)
-
-
-def _gate(rng, n_target=300, n_guard=150, target_shift=None, guard_shift=None, budget=0.1, rule=None):
-    """One simulated gate: three variants, three controls, one target, one guard."""
-    target_shift = target_shift or {}
-    guard_shift = guard_shift or {}
-    theta_t, theta_g = rng.beta(2, 2, n_target), rng.beta(2, 2, n_guard)
-    arms = ["baseline", "abs_select", "smooth_abs", "grad_direction", *CONTROLS]
-    scores = {a: {"csqa": _binary(rng, theta_t, target_shift.get(a, 0.0)),
-                  "ifeval": _binary(rng, theta_g, guard_shift.get(a, 0.0))} for a in arms}
-    return decide(scores, [TaskRule("csqa", "acc,none", "target")],
-                  [TaskRule("ifeval", "prompt_level_strict_acc,none", "guard", max_drop=budget)],
-                  rule or GateRule(), ["abs_select", "smooth_abs", "grad_direction"], CONTROLS)
-
-
-def test_null_false_promote_rate_is_at_most_alpha() -> None:
-    """No real effect anywhere (variants = baseline + item-level noise): PROMOTE in ≤ α of 300 gates."""
-    rng = np.random.default_rng(3)
-    outcomes = [_gate(rng).outcome for _ in range(300)]
-    assert outcomes.count("PROMOTE") / len(outcomes) <= 0.05
-    assert outcomes.count("INCONCLUSIVE") > 0  # noise does pass on point estimates sometimes
-
-
-def test_twice_the_mde_is_promoted_at_least_80_percent() -> None:
-    rng = np.random.default_rng(4)
-    n_target, n_guard = 300, 150
-    probe = _gate(rng, n_target, n_guard)
-    effect = 2 * probe.tasks["csqa"]["mde_observed"]
-    budget = 2 * probe.tasks["ifeval"]["mde_observed"]
-    wins = []
-    for _ in range(200):
-        d = _gate(rng, n_target, n_guard, target_shift={"smooth_abs": effect}, budget=budget)
-        wins.append(d.promoted == "smooth_abs")
-    assert sum(wins) / len(wins) >= 0.8
-
-
-def test_guard_collapse_is_rejected_naming_the_guard() -> None:
-    """The paper's grad_direction on IFEval: target +3 pts, guard −40 pts."""
+def test_weighted_strata_by_monte_carlo_match_enumeration() -> None:
+    """Two targets with different weights: the seeded Monte Carlo p-value is within its error of the exact one."""
     rng = np.random.default_rng(5)
-    d = _gate(rng, target_shift={"grad_direction": 0.03}, guard_shift={"grad_direction": -0.4}, budget=0.02)
-    assert d.outcome in ("REJECT", "INCONCLUSIVE")
-    assert not d.verdicts["grad_direction"].passed_point
-    reason = next(r for r in d.reasons if r.startswith("grad_direction:"))
-    assert "fails guard ifeval" in reason and "budget" in reason
-    guard = next(c for c in d.verdicts["grad_direction"].criteria if c.id == "guard:ifeval")
-    assert guard.estimate.delta < -0.2 and not guard.passed_point
+    for _ in range(4):
+        v, c = rng.integers(0, 2, 10).astype(float), rng.integers(0, 2, (10, 1)).astype(float)
+        w = np.r_[np.full(6, 0.7 / 6), np.full(4, 0.3 / 4)]
+        test = PermutationTest(PairedData.of(v, c, w, np.r_[np.zeros(6), np.ones(4)]), draws=100_000)
+        exact = _enumerate(v, c, w, 0.0)
+        assert abs(test.p_value(0.0) - exact) < 4 * math.sqrt(exact * (1 - exact) / 100_000) + 1e-5
+        assert test.method.startswith("monte_carlo(draws=100000")
 
 
-def test_clear_winner_hand_built() -> None:
-    """Deterministic scores: abs_select wins 40 items, loses none; guard unchanged."""
-    n = 200
+def test_bound_and_p_value_never_disagree() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        n, k = int(rng.integers(5, 160)), int(rng.choice([1, 3]))
+        base = rng.integers(0, 2, n)
+        v = np.where(rng.random(n) < 0.12, 1 - base, base)
+        c = np.where(rng.random((n, k)) < 0.1, 1 - base[:, None], base[:, None])
+        test = PermutationTest(PairedData.of(v, c))
+        for level in (0.05, 0.01):
+            for threshold in (0.0, -0.05):
+                assert (test.lower_bound(level) > threshold) == (test.p_value(threshold) <= level)
+
+
+def test_seed_mean_control_keeps_its_size_where_sign_flip_does_not() -> None:
+    """Variant and controls are equal random edits (exchangeable): the label permutation holds α,
+    the sign-flip test of ``v − mean(c)`` over-rejects (skewed differences, baseline right on 70%)."""
+    rng = np.random.default_rng(7)
+    rejected_permutation = rejected_sign_flip = 0
+    gates = 2000
+    for _ in range(gates):
+        base = (rng.random(300) < 0.7).astype(float)
+        arms = np.where(rng.random((300, 4)) < 0.01, 1 - base[:, None], base[:, None])
+        v, c = arms[:, 0], arms[:, 1:]
+        rejected_permutation += PermutationTest(PairedData.of(v, c)).p_value(0.0) <= 0.05
+        rejected_sign_flip += PermutationTest(PairedData.of(v - c.mean(1), np.zeros((300, 1)))).p_value(0.0) <= 0.05
+    assert rejected_permutation / gates <= 0.05
+    assert rejected_sign_flip / gates > rejected_permutation / gates
+
+
+# --- the margin test: exact unconditional, Tango's ordering ---------------------------------------------
+
+
+def _trinomial(n, x, y, p1, p2):
+    z = n - x - y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.exp(gammaln(n + 1) - gammaln(x + 1) - gammaln(y + 1) - gammaln(z + 1)
+                      + np.where(x > 0, x * np.log(max(p1, 1e-300)), 0) + np.where(y > 0, y * np.log(max(p2, 1e-300)), 0)
+                      + np.where(z > 0, z * np.log(max(1 - p1 - p2, 1e-300)), 0))
+
+
+def _tables(n):
+    x, y = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    keep = x + y <= n
+    return x[keep], y[keep]
+
+
+def test_tango_z_increases_with_the_wins_for_fixed_discordance() -> None:
+    for n in (5, 24, 120, 300):
+        for delta in (-0.3, -0.05, 0.0, 0.05):
+            z = _table(n, delta)
+            for d in range(n + 1):
+                assert np.all(np.diff(z[d, : d + 1]) >= -1e-9)
+
+
+def test_margin_p_value_equals_a_brute_force_supremum() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(25):
+        n, delta = int(rng.choice([8, 16, 40])), float(rng.choice([-0.05, -0.1, -0.2, 0.05]))
+        wins, losses = int(rng.integers(0, n // 3 + 1)), int(rng.integers(0, n // 3 + 1))
+        x, y = _tables(n)
+        z, z_obs = tango_z(x, y, n, delta), float(tango_z(wins, losses, n, delta))
+        region = z >= z_obs - 1e-9 * max(1, abs(z_obs))
+        brute = max(_trinomial(n, x, y, (pi + delta) / 2, (pi - delta) / 2)[region].sum()
+                    for pi in np.linspace(abs(delta), 1, 3000))
+        assert margin_p_value(wins, losses, n, delta) == pytest.approx(brute, abs=1e-6)
+
+
+def test_no_change_on_16_prompts_is_not_proof_of_non_inferiority() -> None:
+    """The issue's demo guard: 16 unchanged prompts, 5-point budget: exact p = 0.95¹⁶ = 0.44."""
+    assert MarginTest(0, 0, 16).p_value(-0.05) == pytest.approx(0.95**16)
+
+
+def _rejection_region(n, margin):
+    """Tables the exact test rejects at α = 5 %: per discordant count D, the wins from the smallest rejecting one
+    (the p-value falls as the wins rise, so a bisection per D finds it)."""
+    first = []
+    for d in range(n + 1):
+        low, high = 0, d + 1
+        while low < high:
+            mid = (low + high) // 2
+            if margin_p_value(mid, d - mid, n, -margin) <= 0.05:
+                high = mid
+            else:
+                low = mid + 1
+        first.append(low)
+    x, y = _tables(n)
+    return x >= np.array(first)[x + y]
+
+
+@pytest.mark.parametrize("n, margin", [(16, 0.05), (24, 0.05), (50, 0.1), (120, 0.05), (200, 0.05), (200, 0.1)])
+def test_guard_test_size_at_the_budget_edge(n, margin) -> None:
+    """Exact size (every table enumerated) at true drop = budget is ≤ α for every discordance rate;
+    Tango's asymptotic test, for comparison, exceeds α somewhere in this grid."""
+    x, y = _tables(n)
+    ours = _rejection_region(n, margin)
+    asymptotic = tango_z(x, y, n, -margin) >= sps.norm.isf(0.05)
+    worst_ours = worst_asymptotic = 0.0
+    for pi in np.linspace(margin, min(1.0, margin + 0.4), 41):
+        mass = _trinomial(n, x, y, (pi - margin) / 2, (pi + margin) / 2)
+        worst_ours = max(worst_ours, mass[ours].sum())
+        worst_asymptotic = max(worst_asymptotic, mass[asymptotic].sum())
+    assert worst_ours <= 0.05 + 1e-9
+    print(f"n={n} budget={margin}: exact unconditional size {worst_ours:.4f}, Tango asymptotic {worst_asymptotic:.4f}")
+
+
+def test_margin_bound_agrees_with_its_p_value() -> None:
+    for wins, losses, n in [(0, 0, 16), (2, 10, 200), (12, 3, 120), (0, 5, 30)]:
+        bound = margin_lower_bound(wins, losses, n, 0.05)
+        for threshold in (-0.1, -0.05, 0.02):
+            assert (bound > threshold) == (margin_p_value(wins, losses, n, threshold) <= 0.05)
+
+
+# --- sequential boundaries --------------------------------------------------------------------------------
+
+
+def test_obrien_fleming_boundaries_match_gsdesign() -> None:
+    """gsDesign::gsDesign(k=4, test.type=1, alpha=0.025, sfu=sfLDOF): 4.3326, 2.9631, 2.3590, 2.0141."""
+    levels = boundaries.nominal_levels(0.025, (0.25, 0.5, 0.75, 1.0))
+    assert [round(sps.norm.isf(p), 3) for p in levels] == [4.333, 2.963, 2.359, 2.014]
+    assert boundaries.nominal_levels(0.05, (1.0,)) == (0.05,)
+    assert boundaries.obf_spending(0.05, 1.0) == pytest.approx(0.05)
+
+
+def test_conditional_power_under_the_current_trend() -> None:
+    final = 0.05
+    assert boundaries.conditional_power(0.0, 0.5, final) == pytest.approx(sps.norm.cdf(-sps.norm.isf(final) / math.sqrt(0.5)))
+    assert boundaries.conditional_power(3.0, 0.5, final) > 0.9
+    assert boundaries.look_sizes(120, (0.25, 0.5, 0.75, 1.0)) == (30, 60, 90, 120)
+
+
+# --- every branch of the decision --------------------------------------------------------------------------
+
+
+def _board(n=200, guard=None):
     base = np.zeros(n)
-    win = base.copy()
+    guard = np.tile([1.0, 0.0], 50) if guard is None else guard
+    return base, guard, {a: {"t": base, "g": guard} for a in ["baseline", *CONTROLS]}
+
+
+TARGETS = [TaskRule("t", "acc,none", "target")]
+GUARDS = [TaskRule("g", "acc,none", "guard", max_drop=0.05)]
+
+
+def test_promote_names_the_best_passing_variant() -> None:
+    base, guard, scores = _board()
+    win, small = base.copy(), base.copy()
     win[:40] = 1.0
-    small = base.copy()
-    small[:5] = 1.0
-    guard = np.tile([1.0, 0.0], 50)
-    scores = {a: {"t": base, "g": guard} for a in ["baseline", *CONTROLS]}
+    small[:25] = 1.0
     scores["abs_select"] = {"t": win, "g": guard}
     scores["smooth_abs"] = {"t": small, "g": guard}
-    targets = [TaskRule("t", "acc,none", "target")]
-    guards = [TaskRule("g", "acc,none", "guard", max_drop=0.05)]
-    d = decide(scores, targets, guards, GateRule(), ["abs_select", "smooth_abs"], CONTROLS)
+    d = decide(scores, TARGETS, GUARDS, GateRule(sequential=False), ["abs_select", "smooth_abs"], CONTROLS)
     assert d.outcome == "PROMOTE" and d.promoted == "abs_select"
     v = d.verdicts["abs_select"]
     assert v.reward == pytest.approx(0.2) and v.worst_guard_drop == 0.0
-    ids = [c.id for c in v.criteria]
-    assert ids == ["beats_baseline", "beats_control", "guard:g"]
-    reward = sps.ttest_1samp(win - base, 0.0, alternative="greater").pvalue
-    assert v.criteria[0].p_value == pytest.approx(reward)
+    assert [c.id for c in v.criteria] == ["beats_baseline", "beats_control", "guard:g"]
+    assert v.criteria[0].p_value == pytest.approx(0.5**40)
+    assert v.criteria[0].evidence.test.name == "sign-flip" and v.criteria[1].evidence.test.name == "permutation"
+    assert v.criteria[2].evidence.test.name.startswith("exact-unconditional")
     assert d.reasons[0].startswith("PROMOTE abs_select")
-    each = decide(scores, targets, guards, GateRule(control_reference="each"), ["abs_select"], CONTROLS)
-    assert [c.id for c in each.verdicts["abs_select"].criteria][1:4] == [f"beats_control:{c}" for c in CONTROLS]
+
+
+def test_reject_when_nothing_passes_even_on_point_estimates() -> None:
+    base, guard, scores = _board()
+    worse = base.copy()
+    scores["abs_select"] = {"t": worse, "g": guard}
+    d = decide(scores, TARGETS, GUARDS, GateRule(sequential=False), ["abs_select"], CONTROLS)
+    assert d.outcome == "REJECT" and d.promoted is None
+    assert d.reasons[0].startswith("REJECT")
+
+
+def test_guard_collapse_rejects_naming_the_guard() -> None:
+    base, guard, scores = _board(n=400, guard=np.tile([1.0, 0.0], 200))
+    better = base.copy()
+    better[:120] = 1.0
+    collapsed = np.zeros(400)
+    scores["grad_direction"] = {"t": better, "g": collapsed}
+    for rule in (GateRule(sequential=False), GateRule()):
+        d = decide(scores, TARGETS, GUARDS, rule, ["grad_direction"], CONTROLS)
+        assert d.outcome == "REJECT"
+        reason = next(r for r in d.reasons if r.startswith("grad_direction:"))
+        assert "guard g" in reason and "budget" in reason
+    assert d.verdicts["grad_direction"].status == "collapsed" and d.verdicts["grad_direction"].look == 0
+
+
+def test_inconclusive_says_how_many_items_would_decide() -> None:
+    base, guard, scores = _board()
+    slightly = base.copy()
+    slightly[:6] = 1.0  # 6 of 200: p = 0.016 alone, not at α/… and far from the MDE
+    slightly[6] = 0.0
+    scores["abs_select"] = {"t": slightly, "g": guard}
+    d = decide(scores, TARGETS, GUARDS, GateRule(sequential=False, alpha=0.01), ["abs_select"], CONTROLS)
+    assert d.outcome == "INCONCLUSIVE"
+    assert d.items_needed and d.items_needed["t"] > 200
+    assert "items would decide" in d.reasons[0]
+
+
+def test_the_issues_wrong_promote_is_gone() -> None:
+    """Controls lose 15 of 120, the guard is flat, the variant's only evidence is 3 favourable flips."""
+    n = 120
+    base = (np.arange(n) % 2).astype(float)
+    variant = base.copy()
+    variant[[0, 2, 4]] = 1.0
+    control = base.copy()
+    control[1:31:2] = 0.0
+    flat = np.ones(16) * 0
+    scores = {"baseline": {"t": base, "g": flat}, "abs_select": {"t": variant, "g": flat},
+              **{c: {"t": control, "g": flat} for c in CONTROLS}}
+    guards = [TaskRule("g", "prompt_level_strict_acc,none", "guard", max_drop=0.05)]
+    d = decide(scores, TARGETS, guards, GateRule(sequential=False), ["abs_select"], CONTROLS)
+    assert d.outcome != "PROMOTE"
+    beats = d.verdicts["abs_select"].criteria[0]
+    assert beats.p_value == pytest.approx(0.125) and beats.lcb < 0
+    guard = d.verdicts["abs_select"].criteria[2]
+    assert guard.p_value == pytest.approx(0.95**16) and not guard.passed
+
+
+def test_holm_decides_between_two_borderline_variants() -> None:
+    """Both alone pass at α = 5 % (p ≈ 0.031 and 0.035); Holm needs ≤ 0.025 for the first."""
+    base, guard, scores = _board()
+    a, b = base.copy(), base.copy()
+    a[:5] = 1.0  # 0.5⁵ = 0.031
+    b[:5] = 1.0
+    scores["abs_select"] = {"t": a, "g": guard}
+    scores["smooth_abs"] = {"t": b, "g": guard}
+    variants = ["abs_select", "smooth_abs"]
+    assert decide(scores, TARGETS, GUARDS, GateRule(sequential=False, holm=False), variants, CONTROLS).outcome == "PROMOTE"
+    held = decide(scores, TARGETS, GUARDS, GateRule(sequential=False), variants, CONTROLS)
+    assert held.outcome == "INCONCLUSIVE"
+    assert held.verdicts["abs_select"].p_adjusted == pytest.approx(2 * 0.5**5)
+    assert stats.holm([0.01, 0.04, 0.03, 0.005, 0.5]) == pytest.approx(list(multipletests(
+        [0.01, 0.04, 0.03, 0.005, 0.5], method="holm")[1]))
+
+
+def test_lower_is_better_guard_is_oriented() -> None:
+    """A guard where lower is better (an error rate): raising it is the drop the budget limits."""
+    base, _, scores = _board()
+    errors = np.zeros(200)
+    for arm in scores:
+        scores[arm]["g"] = errors
+    better = base.copy()
+    better[:40] = 1.0
+    worse_errors = errors.copy()
+    worse_errors[:40] = 1.0  # 20 points more errors
+    scores["abs_select"] = {"t": better, "g": worse_errors}
+    guards = [TaskRule("g", "error_rate,none", "guard", max_drop=0.05, higher_is_better=False)]
+    d = decide(scores, TARGETS, guards, GateRule(sequential=False), ["abs_select"], CONTROLS)
+    assert d.outcome == "REJECT"
+    assert d.verdicts["abs_select"].criteria[2].estimate == pytest.approx(-0.2)
+    scores["abs_select"]["g"] = errors
+    assert decide(scores, TARGETS, guards, GateRule(sequential=False), ["abs_select"], CONTROLS).outcome == "PROMOTE"
+
+
+def test_two_weighted_targets() -> None:
+    """The reward weighs the targets: +15 pts on the light target alone passes, −20 on the heavy one sinks it."""
+    n = 200
+    zeros, ones = np.zeros(n), np.ones(n)
+    light_gain = zeros.copy()
+    light_gain[:30] = 1.0
+    targets = [TaskRule("t1", "acc,none", "target", weight=3.0), TaskRule("t2", "acc,none", "target", weight=1.0)]
+    scores = {a: {"t1": ones, "t2": zeros} for a in ["baseline", *CONTROLS]}
+    scores["abs_select"] = {"t1": ones, "t2": light_gain}
+    d = decide(scores, targets, [], GateRule(sequential=False), ["abs_select"], CONTROLS)
+    beats = d.verdicts["abs_select"].criteria[0]
+    assert beats.estimate == pytest.approx(0.25 * 0.15)
+    assert beats.evidence.test.method.startswith("monte_carlo") and beats.p_value < 1e-4
+    assert d.outcome == "PROMOTE"
+    heavy_loss = ones.copy()
+    heavy_loss[:40] = 0.0
+    scores["abs_select"] = {"t1": heavy_loss, "t2": light_gain}
+    d = decide(scores, targets, [], GateRule(sequential=False), ["abs_select"], CONTROLS)
+    assert d.verdicts["abs_select"].reward == pytest.approx(0.75 * -0.2 + 0.25 * 0.15)
+    assert d.outcome == "REJECT"
+
+
+def test_min_gain_is_a_margin_not_zero() -> None:
+    """+10 pts with certainty passes min_gain 0 and 5 pts, not 15 pts."""
+    base, guard, scores = _board()
+    better = base.copy()
+    better[:20] = 1.0
+    scores["abs_select"] = {"t": better, "g": guard}
+    for gain, outcome in ((0.0, "PROMOTE"), (0.05, "PROMOTE"), (0.15, "REJECT")):
+        d = decide(scores, TARGETS, GUARDS, GateRule(sequential=False, min_gain=gain), ["abs_select"], CONTROLS)
+        assert d.outcome == outcome, gain
+        assert d.verdicts["abs_select"].criteria[0].threshold == gain
+    assert d.verdicts["abs_select"].criteria[0].evidence.test.name.startswith("exact-unconditional")
+
+
+def test_control_reference_each_checks_every_seed() -> None:
+    """One strong seed: the seed-mean test passes, ``each`` fails on exactly that seed's arrays."""
+    base, guard, scores = _board()
+    variant, strong = base.copy(), base.copy()
+    variant[:40] = 1.0
+    strong[:40] = 1.0
+    strong[40:45] = 1.0
+    scores["random_index@1"] = {"t": strong, "g": guard}
+    scores["abs_select"] = {"t": variant, "g": guard}
+    mean = decide(scores, TARGETS, GUARDS, GateRule(sequential=False), ["abs_select"], CONTROLS)
+    each = decide(scores, TARGETS, GUARDS, GateRule(sequential=False, control_reference="each"), ["abs_select"],
+                  CONTROLS)
+    assert mean.outcome == "PROMOTE" and each.outcome == "REJECT"
+    by_id = {c.id: c for c in each.verdicts["abs_select"].criteria}
+    assert set(by_id) == {"beats_baseline", "guard:g", *(f"beats_control:{c}" for c in CONTROLS)}
+    assert by_id["beats_control:random_index@0"].estimate == pytest.approx(0.2)
+    assert by_id["beats_control:random_index@1"].estimate == pytest.approx(-0.025)
+    assert not by_id["beats_control:random_index@1"].passed_point and by_id["beats_control:random_index@2"].passed
 
 
 def test_point_mode_promotes_what_statistics_call_inconclusive() -> None:
     n = 100
     base = np.tile([1.0, 0.0], n // 2)
     better = base.copy()
-    better[1] = 1.0  # one item: +1 pt, far below any confidence
+    better[1] = 1.0
     scores = {a: {"t": base} for a in ["baseline", *CONTROLS]}
     scores["abs_select"] = {"t": better}
-    targets = [TaskRule("t", "acc,none", "target")]
-    statistical = decide(scores, targets, [], GateRule(), ["abs_select"], CONTROLS)
-    point = decide(scores, targets, [], GateRule(mode="point"), ["abs_select"], CONTROLS)
-    assert statistical.outcome == "INCONCLUSIVE" and statistical.promoted is None
-    assert point.outcome == "PROMOTE" and point.promoted == "abs_select"
+    statistical = decide(scores, TARGETS, [], GateRule(), ["abs_select"], CONTROLS)
+    point = decide(scores, TARGETS, [], GateRule(mode="point"), ["abs_select"], CONTROLS)
+    assert statistical.outcome in ("INCONCLUSIVE", "REJECT") and statistical.promoted is None
+    assert point.outcome == "PROMOTE" and point.promoted == "abs_select" and len(point.looks) == 1
 
 
-def test_lower_is_better_metric_is_oriented() -> None:
-    """A perplexity-like target: the variant that lowers it is the better one."""
-    rng = np.random.default_rng(6)
-    base = rng.normal(10, 1, 100)
-    scores = {a: {"ppl": base + rng.normal(0, 0.01, 100)} for a in ["baseline", *CONTROLS]}
-    scores["abs_select"] = {"ppl": base - 0.5}
-    d = decide(scores, [TaskRule("ppl", "word_perplexity,none", "target", higher_is_better=False)], [],
-               GateRule(), ["abs_select"], CONTROLS)
-    assert d.promoted == "abs_select" and d.verdicts["abs_select"].reward > 0
+def test_sequential_records_every_look_and_stops_futile_arms() -> None:
+    base, guard, scores = _board(n=400, guard=np.tile([1.0, 0.0], 200))
+    scores["abs_select"] = {"t": base, "g": scores["baseline"]["g"]}  # identical to baseline: futile at once
+    d = decide(scores, TARGETS, GUARDS, GateRule(), ["abs_select"], CONTROLS)
+    assert d.verdicts["abs_select"].status == "futile" and d.verdicts["abs_select"].look == 0
+    assert len(d.looks) == 1 and d.looks[0]["n"] == {"t": 100, "g": 100}
+    assert d.evaluated["baseline"] == {"t": 100, "g": 100}
+    assert d.outcome == "REJECT"
 
 
 def test_budget_below_mde_warns() -> None:
-    d = _gate(np.random.default_rng(7), n_guard=32, budget=0.02)
-    assert any("guard ifeval" in w and "minimum detectable effect" in w for w in d.warnings)
+    base, guard, scores = _board()
+    scores["abs_select"] = {"t": base, "g": guard}
+    tight = [TaskRule("g", "acc,none", "guard", max_drop=0.02)]
+    d = decide(scores, TARGETS, tight, GateRule(), ["abs_select"], CONTROLS)
+    assert any("guard g" in w and "minimum detectable effect" in w for w in d.warnings)
 
 
-def test_three_items_all_improved_are_not_proof():
-    """Zero spread makes the t bound degenerate; the sign test (p = 0.5ⁿ) decides instead."""
-    scores = {a: {"t": np.zeros(3)} for a in ["baseline", *CONTROLS]}
-    scores["abs_select"] = {"t": np.ones(3)}
-    targets = [TaskRule("t", "acc,none", "target")]
-    assert decide(scores, targets, [], GateRule(), ["abs_select"], CONTROLS).outcome == "INCONCLUSIVE"
-    scores = {a: {"t": np.zeros(8)} for a in ["baseline", *CONTROLS]}
-    scores["abs_select"] = {"t": np.ones(8)}
-    assert decide(scores, targets, [], GateRule(), ["abs_select"], CONTROLS).outcome == "PROMOTE"
+# --- the decision rule by simulation ---------------------------------------------------------------------
+
+
+FIXED, SEQUENTIAL = GateRule(sequential=False), GateRule()
+GATES = 2000
+
+
+def _job(args):
+    scenario, rule, gates, seed = args
+    return simulate.run(scenario, rule, gates, seed)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """Every simulated scenario, in parallel over the machine's cores (results are seeded, so fixed)."""
+    jobs = [(s, rule, GATES, 100 + i) for i, s in enumerate(simulate.null_scenarios()) for rule in (FIXED, SEQUENTIAL)]
+    multiple = simulate.multiplicity_scenario()
+    jobs += [(multiple, rule, GATES, 7) for rule in (FIXED, SEQUENTIAL)]
+    jobs += [(multiple, GateRule(sequential=False, holm=False), 500, 7)]
+    power = simulate.power_scenario(2.0)
+    jobs += [(power, rule, 400, 9) for rule in (FIXED, SEQUENTIAL)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tallies = list(pool.map(_job, jobs))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    lines = [t.line() + f"   items {t.mean_items / simulate.fixed_items(t.scenario):.2f} of fixed" for t in tallies]
+    (ARTIFACTS / "gate-simulation.txt").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    return tallies
+
+
+def test_false_promote_rate_is_at_most_alpha_in_every_null_scenario(simulated) -> None:
+    nulls = [t for t in simulated if t.scenario.null and t.rule.holm]
+    assert len(nulls) == 2 * len(simulate.null_scenarios()) + 2
+    for tally in nulls:
+        assert tally.gates >= GATES
+        assert tally.promote_rate <= 0.05, tally.line()
+
+
+def test_the_null_simulation_fails_without_holm(simulated) -> None:
+    """The multiplicity scenario is built so that dropping Holm shows: three null variants near α each."""
+    unadjusted = next(t for t in simulated if not t.rule.holm)
+    assert unadjusted.promote_rate > 0.08, unadjusted.line()
+
+
+def test_power_at_twice_the_mde(simulated) -> None:
+    fixed, sequential = [t for t in simulated if not t.scenario.null]
+    assert fixed.power >= 0.80, fixed.line()
+    assert sequential.power >= 0.75, sequential.line()
+    assert sequential.mean_items < fixed.mean_items

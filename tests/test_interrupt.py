@@ -8,6 +8,7 @@ pairs untouched and compute only the missing ones.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,18 +98,21 @@ def test_interrupted_runs_lose_at_most_the_pair_in_flight(adapters, tmp_path):
     engine_key = settings(assets, arms).key()
     store = ItemStore(store_dir)
     pairs = [(arm, task) for arm in arms for task in tasks]
-    expected = {store.path(arm, task.request.name, task.key, engine_key) for arm, task in pairs}
+    expected = {store.directory(arm, task.request.name, task.key, engine_key) for arm, task in pairs}
     assert len(expected) == len(arms) * len(REQUESTS)
 
     def check_store() -> dict[Path, int]:
-        """Only the run's own files, each complete and valid JSONL (writes are atomic); a stray .tmp is never read."""
+        """Only the run's own chunk files, each complete and valid JSONL (writes are atomic); a .tmp is never read."""
         files = stored(store_dir)
-        assert set(files) <= expected
+        assert {path.parent for path in files} <= expected
         for arm, task in pairs:
             items = store.load(arm, task.request.name, task.key, engine_key)
-            path = store.path(arm, task.request.name, task.key, engine_key)
-            assert (items is not None) == (path in files), path
-            assert items is None or len(items) == task.request.limit, path
+            directory = store.directory(arm, task.request.name, task.key, engine_key)
+            chunks = [path for path in files if path.parent == directory]
+            assert len(chunks) <= 1, directory  # one chunk per (arm, task): the whole limit at once
+            assert len(items) == (task.request.limit if chunks else 0), directory
+            for path in chunks:
+                assert all(json.loads(line) for line in path.read_text().splitlines())
         return files
 
     # Ctrl-C from a terminal: SIGINT to the whole foreground process group, engine processes included
@@ -144,5 +148,5 @@ def test_interrupted_runs_lose_at_most_the_pair_in_flight(adapters, tmp_path):
     assert run.wait(900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     assert_no_survivors(run.process.pid)
     final = check_store()
-    assert set(final) == set(expected)
+    assert {path.parent for path in final} == expected
     assert {path: final[path] for path in third} == third

@@ -15,6 +15,7 @@ import pytest
 from vllm.lora.resolver import LoRAResolverRegistry
 
 from release_gate.assets import fetch
+from release_gate.gate.outputs import SCHEMA_VERSION
 from release_gate.integrations import vllm_resolver
 from release_gate.integrations.vllm_resolver import (
     ADAPTER_FILES,
@@ -33,7 +34,7 @@ from servers import api_server
 BASE = "/models/base"
 
 
-def write_decision(entry: Path, outcome: str, sha256: str | None, schema_version: int = 1) -> None:
+def write_decision(entry: Path, outcome: str, sha256: str | None, schema_version: int = SCHEMA_VERSION) -> None:
     """The fields of a gate decision (docs/run-directory.md) the resolver reads."""
     promoted = {"arm": "abs_select", "sha256": sha256, "path": "promoted"} if sha256 else None
     decision = {"schema_version": schema_version, "outcome": outcome, "promoted": promoted,
@@ -97,7 +98,11 @@ def refuse_missing_decision(entry: Path) -> None:
 
 
 def refuse_future_schema(entry: Path) -> None:
-    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=2)
+    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=3)
+
+
+def refuse_release_gate_0_1(entry: Path) -> None:
+    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=1)
 
 
 def refuse_broken_json(entry: Path) -> None:
@@ -133,7 +138,8 @@ def refuse_inconclusive(entry: Path) -> None:
     (refuse_missing_decision, "^no decision.json$"),
     (refuse_reject, "^outcome REJECT$"),
     (refuse_inconclusive, "^outcome INCONCLUSIVE$"),
-    (refuse_future_schema, "^decision.json schema_version 2 is not 1$"),
+    (refuse_future_schema, r"^decision.json schema_version 3 is not 2 "),
+    (refuse_release_gate_0_1, r"^decision.json schema_version 1 is not 2 \(decisions of release-gate 0.1 are not served"),
     (refuse_broken_json, "^unreadable decision.json: "),
     (refuse_promote_without_hash, "^PROMOTE decision.json names no promoted.sha256$"),
     (refuse_missing_weights, r"^no adapter files \(adapter_config.json, adapter_model.safetensors\)"),

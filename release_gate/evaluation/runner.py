@@ -10,7 +10,7 @@ once (:func:`resolve_task`) and its requests are built once per run
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -43,15 +43,52 @@ class TaskRequest:
 
 @dataclass(frozen=True)
 class ResolvedTask:
-    """A task lm-eval has loaded: its content key and the metric key to read."""
+    """A task lm-eval has loaded: its content key, the metric key to read, and its items' sampled order.
+
+    ``order`` is a seeded permutation of the evaluation split (``evaluation.sample_seed``): the first n
+    items of it are a random sample of the task, and a larger n extends a smaller one. ``key`` leaves
+    the limit out, so stored items serve every limit.
+    """
 
     request: TaskRequest
     task: Any
     key: str
     metric_key: str
+    order: tuple[int, ...] = ()
+    sample_seed: int = 0
+
+    @property
+    def size(self) -> int:
+        """Items the task scores: its split, capped by ``limit``."""
+        limit = self.request.limit
+        return min(limit, len(self.order)) if limit else len(self.order)
+
+    @property
+    def available(self) -> int:
+        return len(self.order)
+
+    def doc_ids(self, n: int | None = None) -> list[int]:
+        """The first ``n`` items (default: all ``size``) in sampled order."""
+        return list(self.order[: self.size if n is None else min(n, self.size)])
+
+    @property
+    def random_fewshot(self) -> bool:
+        """Few-shot examples drawn at random: an item's prompt depends on the items built with it."""
+        shots = self.task.get_config("num_fewshot") or 0
+        fewshot = self.task.get_config("fewshot_config")
+        sampler = fewshot.get("sampler", "default") if isinstance(fewshot, dict) else getattr(fewshot, "sampler", "default")
+        return shots > 0 and sampler != "first_n"
 
 
-def resolve_task(request: TaskRequest, manager: Any) -> ResolvedTask:
+def sample_order(n_docs: int, seed: int, task: str) -> tuple[int, ...]:
+    """A seeded permutation of ``range(n_docs)``, independent per task name."""
+    import numpy as np
+
+    entropy = int(content_key({"seed": seed, "task": task}), 16)
+    return tuple(int(i) for i in np.random.default_rng(entropy).permutation(n_docs))
+
+
+def resolve_task(request: TaskRequest, manager: Any, sample_seed: int = 0) -> ResolvedTask:
     """Load ``request.name`` from the task manager and check the metric it must produce.
 
     The returned task is the one every arm is scored on: ``request``'s
@@ -74,12 +111,13 @@ def resolve_task(request: TaskRequest, manager: Any) -> ResolvedTask:
     metric_key = _metric_key(request, metrics, filters)
     payload = {
         "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
-        "limit": request.limit, "num_fewshot": request.num_fewshot, "max_gen_toks": request.max_gen_toks,
+        "num_fewshot": request.num_fewshot, "max_gen_toks": request.max_gen_toks,
         "lm_eval": metadata.version("lm_eval"),
     }
     key = content_key(payload)
     _apply_overrides(task, request)
-    return ResolvedTask(request, task, key, metric_key)
+    return ResolvedTask(request, task, key, metric_key, sample_order(len(task.eval_docs), sample_seed, request.name),
+                        sample_seed)
 
 
 def _apply_overrides(task: Any, request: TaskRequest) -> None:
@@ -169,14 +207,15 @@ def _prompt(sample: dict[str, Any]) -> str:
 
 
 class BuiltTask:
-    """A resolved task whose lm-eval requests are built once and answered by one arm after another.
+    """A resolved task whose lm-eval requests are built once per chunk of items and answered by every arm.
 
     ``simple_evaluate`` reloads the task, re-renders every prompt (CSQA
     compiles a jinja template per document) and collects an environment
     report (``pip list``) on every call: 2.5 s per arm before any scoring.
     The requests do not depend on the arm, so lm-eval's own ``evaluate`` gets
-    this object as the task: its first ``build_all_requests`` builds them,
-    every later one hands the same requests out with their answers cleared.
+    this object as the task: its first ``build_all_requests`` for a chunk
+    builds them, every later one hands the same requests out with their
+    answers cleared. Chunks are passed as lm-eval's ``samples`` (doc indices).
     Everything else is the loaded task's (``__getattr__``), so filters,
     metrics and logged samples are lm-eval's.
     """
@@ -189,11 +228,19 @@ class BuiltTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.resolved.task, name)
 
-    def store_key(self, lm: Any) -> str:
-        """The task part of the store key: with a chat template, prompts (and scores) change with it."""
-        if not self.chat_template:
-            return self.resolved.key
-        return content_key({"task": self.resolved.key, "chat_template": lm.chat_template(True)})
+    def store_key(self, template: str | None, doc_ids: Sequence[int] = ()) -> str:
+        """The task part of the store key.
+
+        A chat template (``template``: the tokenizer's) changes prompts and scores. With few-shot
+        examples drawn at random, an item's prompt depends on the items built with it, so the key then
+        names the whole chunk.
+        """
+        parts: dict[str, Any] = {"task": self.resolved.key}
+        if self.chat_template:
+            parts["chat_template"] = template
+        if self.resolved.random_fewshot:
+            parts["chunk"] = sorted(doc_ids)
+        return self.resolved.key if len(parts) == 1 else content_key(parts)
 
     def build_all_requests(self, *, chat_template: Any = None, **settings: Any) -> None:
         """lm-eval's hook, called once per arm: build on first use (or new settings), else reuse.
@@ -215,59 +262,70 @@ class BuiltTask:
             instance.resps, instance.filtered_resps = [], {}
         task._instances = self._built[1]
 
-    def score(self, lm: Any) -> list[Item]:
-        """lm-eval's ``evaluate`` of this task with ``lm``: per-item scores."""
+    def score(self, lm: Any, doc_ids: Sequence[int]) -> list[Item]:
+        """lm-eval's ``evaluate`` of this task's items ``doc_ids`` with ``lm``: per-item scores."""
         from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
+        if not doc_ids:  # lm-eval reads an empty sample list as "every item"
+            return []
         name = self.resolved.request.name
         _seed_like_lm_eval()
         result = lm_eval_evaluate(
-            lm=lm, task_dict={"tasks": {name: self}, "groups": {}}, limit=self.resolved.request.limit,
+            lm=lm, task_dict={"tasks": {name: self}, "groups": {}}, limit=None,
+            samples={name: sorted(doc_ids)},  # sorted: lm-eval maps positions back through this list
             bootstrap_iters=0, log_samples=True, apply_chat_template=self.chat_template,
             fewshot_as_multiturn=True,  # simple_evaluate's default
         )
         return items_from_samples(result["samples"][name])
 
 
-def evaluate_arm_task(lm: SharedEngineLM, arm: Arm, task: BuiltTask) -> list[Item]:
-    """Run lm-eval for one (arm, task) on the shared engine."""
-    return task.score(lm.for_arm(arm))
-
-
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
-    cross_arm: bool = True, chat_template: bool = False,
+    sizes: Mapping[str, int] | None = None, cross_arm: bool = True, chat_template: bool = False,
+    template: str | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
-    """Scores for every (arm, task), from the store where present; returns items by (arm, task).
+    """Scores of every arm on the first ``sizes[task]`` items of every task, evaluating only what the store lacks.
 
-    With ``cross_arm`` the arms still missing for a task share engine calls
-    (one ``generate`` with a per-prompt LoRA list); each (arm, task) is still
-    stored as soon as it is scored. ``chat_template`` renders prompts with
-    the tokenizer's chat template (instruct models, e.g. IFEval); it is part
-    of the store key.
+    Returns items by (arm, task) in sampled order. With ``cross_arm`` the arms
+    missing the same items share engine calls (one ``generate`` with a
+    per-prompt LoRA list); each evaluated chunk is stored as soon as it is
+    scored. ``chat_template`` renders prompts with the tokenizer's chat
+    template (instruct models, e.g. IFEval); it is part of the store key.
     """
     from tqdm.auto import tqdm
 
     engine_key = lm.engine.settings.key()
+    if chat_template and template is None:
+        template = str(lm.tokenizer.chat_template)
     out: dict[tuple[str, str], list[Item]] = {}
     with tqdm(total=len(arms) * len(tasks), desc="evaluation", unit="arm×task") as bar:
         for resolved in tasks:
             name = resolved.request.name
+            wanted = resolved.doc_ids((sizes or {}).get(name))
             task = BuiltTask(resolved, chat_template)
-            task_key = task.store_key(lm)
-            pending = []
+            task_key = task.store_key(template, wanted)
+            stored = {arm.name: store.load(arm, name, task_key, engine_key) for arm in arms}
+            missing = {arm.name: [d for d in wanted if d not in stored[arm.name]] for arm in arms}
+            for chunk, group in _groups(arms, missing).items():
+                shared = lm.batched_with(tuple(group)) if cross_arm and len(group) > 1 else lm
+                for arm in group:
+                    bar.set_postfix_str(f"{arm.name} / {name} ({len(chunk)} items)")
+                    items = task.score(shared.for_arm(arm), chunk)
+                    store.save(arm, name, task_key, engine_key, items)
+                    stored[arm.name].update({i.doc_id: i for i in items})
             for arm in arms:
-                items = store.load(arm, name, task_key, engine_key)
-                if items is None:
-                    pending.append(arm)
-                else:
-                    out[(arm.name, name)] = items
-                    bar.update()
-            shared = lm.batched_with(tuple(pending)) if cross_arm and len(pending) > 1 else lm
-            for arm in pending:
-                bar.set_postfix_str(f"{arm.name} / {name}")
-                items = evaluate_arm_task(shared, arm, task)
-                store.save(arm, name, task_key, engine_key, items)
-                out[(arm.name, name)] = items
+                out[(arm.name, name)] = [stored[arm.name][d] for d in wanted if d in stored[arm.name]]
+                if len(out[(arm.name, name)]) != len(wanted):
+                    raise RuntimeError(f"{arm.name} / {name}: lm-eval returned {len(out[(arm.name, name)])} of "
+                                       f"{len(wanted)} items")
                 bar.update()
     return out
+
+
+def _groups(arms: Sequence[Arm], missing: Mapping[str, list[int]]) -> dict[tuple[int, ...], list[Arm]]:
+    """Arms that lack exactly the same items, by those items (arms lacking nothing are left out)."""
+    groups: dict[tuple[int, ...], list[Arm]] = {}
+    for arm in arms:
+        if missing[arm.name]:
+            groups.setdefault(tuple(missing[arm.name]), []).append(arm)
+    return groups

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +79,8 @@ def unload(server: Server, arm: Arm) -> None:
         raise RuntimeFailure(f"vLLM server refused to unload {arm.lora_name}: {refusal}") from None
 
 
-def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask) -> list[Item]:
-    """Score one (arm, task) through lm-eval's ``local-completions`` against the server."""
+def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask, doc_ids: Sequence[int]) -> list[Item]:
+    """Score items ``doc_ids`` of one (arm, task) through lm-eval's ``local-completions`` against the server."""
     import lm_eval.models  # noqa: F401  (lm-eval imports its built-ins only while its registry is empty)
     from lm_eval.api.registry import get_model
 
@@ -90,7 +90,7 @@ def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask) -> list[Item]:
         "tokenizer_backend=huggingface,num_concurrent=1,max_retries=2,tokenized_requests=True"
     )
     try:
-        return task.score(get_model("local-completions").create_from_arg_string(model_args))
+        return task.score(get_model("local-completions").create_from_arg_string(model_args), doc_ids)
     except Exception as exc:  # lm-eval's HTTP client raises many types; keep the cause
         raise RuntimeFailure(f"vLLM server at {server.url} failed on {task.resolved.request.name} for {arm.name}: "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -98,29 +98,32 @@ def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask) -> list[Item]:
 
 def evaluate(
     server: Server, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
-    """Every (arm, task) through the server, resuming from ``store``; each adapter is unloaded after use.
+    """The first ``sizes[task]`` items of every (arm, task) through the server, evaluating only what ``store`` lacks.
 
-    Each task's requests are built once for all arms (:class:`~.runner.BuiltTask`).
+    Each adapter is loaded once for everything it misses and unloaded after use; each task's
+    requests are built once per chunk for all arms (:class:`~.runner.BuiltTask`).
     """
     built = [BuiltTask(task) for task in tasks]
     out: dict[tuple[str, str], list[Item]] = {}
     for arm in arms:
         pending = []
         for task in built:
-            items = store.load(arm, task.resolved.request.name, task.resolved.key, server.key())
-            if items is None:
-                pending.append(task)
-            else:
-                out[(arm.name, task.resolved.request.name)] = items
-        if not pending:
-            continue
-        load(server, arm)
-        try:
-            for task in pending:
-                items = evaluate_arm_task(server, arm, task)
-                store.save(arm, task.resolved.request.name, task.resolved.key, server.key(), items)
-                out[(arm.name, task.resolved.request.name)] = items
-        finally:
-            unload(server, arm)
+            name = task.resolved.request.name
+            wanted = task.resolved.doc_ids((sizes or {}).get(name))
+            stored = store.load(arm, name, task.store_key(None, wanted), server.key())
+            pending.append((task, wanted, stored, [d for d in wanted if d not in stored]))
+        if any(missing for *_, missing in pending):
+            load(server, arm)
+            try:
+                for task, wanted, stored, missing in pending:
+                    if missing:
+                        items = evaluate_arm_task(server, arm, task, missing)
+                        store.save(arm, task.resolved.request.name, task.store_key(None, wanted), server.key(), items)
+                        stored.update({i.doc_id: i for i in items})
+            finally:
+                unload(server, arm)
+        for task, wanted, stored, _ in pending:
+            out[(arm.name, task.resolved.request.name)] = [stored[d] for d in wanted]
     return out

@@ -1,29 +1,35 @@
-"""Per-item scores on disk, one JSONL file per (arm, task), keyed so a re-run resumes.
+"""Per-item scores on disk, keyed so that a run evaluates only the items no earlier run scored.
 
-The key covers the adapter content, the task configuration (as lm-eval
-resolved it, plus limit/few-shot/generation settings) and the engine
-settings, so a stored file is only reused when it would be recomputed
-identically. Each file is written atomically when its (arm, task) finishes:
-an interrupted run loses at most the pair in flight.
+One directory per (arm content, task, task configuration, engine settings); the task key leaves out
+the item limit, so a run with a larger limit (or a later look of a sequential run) finds every item
+an earlier one scored there and evaluates only the rest. Each evaluated chunk of items is one JSONL
+file, written atomically and named by the items it holds: an interrupted run loses at most the chunk
+in flight, two runs that score the same chunk write the same bytes to the same name, and a damaged
+file is ignored (its items are scored again), never trusted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hashing import content_key
 from .engine import Arm
+
+#: Store layout version; bump when an item's meaning changes (older directories are then not read).
+STORE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Item:
     """One scored evaluation item: metrics by ``metric,filter`` name, and what was produced.
 
-    Multiple-choice items also keep each choice's log-likelihood (``response``
-    is then the chosen continuation).
+    ``doc_id`` is the item's index in the task's evaluation split. Multiple-choice items also keep
+    each choice's log-likelihood (``response`` is then the chosen continuation).
     """
 
     doc_id: int
@@ -38,27 +44,34 @@ class Item:
 
 
 class ItemStore:
-    """A directory of ``<arm>-<adapter sha>/<task>-<task key>-<engine key>.jsonl`` files."""
+    """``<root>/v2/<arm>-<adapter sha>/<task>-<task key>-<engine key>/<chunk>.jsonl``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def path(self, arm: Arm, task: str, task_key: str, engine_key: str) -> Path:
+    def directory(self, arm: Arm, task: str, task_key: str, engine_key: str) -> Path:
         owner = f"{arm.name}-{arm.sha256[:16] or 'base'}"
-        return self.root / owner / f"{task}-{task_key}-{engine_key}.jsonl"
+        return self.root / f"v{STORE_VERSION}" / owner / f"{task}-{task_key}-{engine_key}"
 
-    def load(self, arm: Arm, task: str, task_key: str, engine_key: str) -> list[Item] | None:
-        path = self.path(arm, task, task_key, engine_key)
-        if not path.is_file():
-            return None
-        try:
-            return [Item(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        except (json.JSONDecodeError, TypeError):
-            return None  # a damaged file is recomputed, never trusted
+    def load(self, arm: Arm, task: str, task_key: str, engine_key: str) -> dict[int, Item]:
+        """Every stored item of this (arm, task), by doc_id (complete chunk files only)."""
+        found: dict[int, Item] = {}
+        directory = self.directory(arm, task, task_key, engine_key)
+        for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else ():
+            try:
+                items = [Item(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+            except (json.JSONDecodeError, TypeError, OSError):
+                continue  # a damaged chunk is scored again, never trusted
+            for item in items:
+                found.setdefault(item.doc_id, item)
+        return found
 
-    def save(self, arm: Arm, task: str, task_key: str, engine_key: str, items: list[Item]) -> Path:
-        path = self.path(arm, task, task_key, engine_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, arm: Arm, task: str, task_key: str, engine_key: str, items: Iterable[Item]) -> Path:
+        """One chunk file for ``items`` (atomic; its name is the hash of their doc_ids)."""
+        items = sorted(items, key=lambda i: i.doc_id)
+        directory = self.directory(arm, task, task_key, engine_key)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{content_key([i.doc_id for i in items])}.jsonl"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             for item in items:

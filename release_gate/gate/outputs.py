@@ -16,9 +16,9 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import BadInput
-from .decide import pts
+from .criteria import pts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DECISION = "decision.json"
 SUMMARY = "summary.md"
 JUNIT = "junit.xml"
@@ -50,8 +50,13 @@ def read_decision(run_dir: Path) -> dict[str, Any]:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BadInput(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if document.get("schema_version") != SCHEMA_VERSION:
-        raise BadInput(f"{path}: schema_version {document.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    version = document.get("schema_version")
+    if version == 1:
+        raise BadInput(f"{path}: schema_version 1 was written by release-gate 0.1, whose large-sample tests could "
+                       "promote on a handful of flipped answers; run the gate again (`release-gate run CONFIG "
+                       "--resume` in this directory) to decide it with the exact tests")
+    if version != SCHEMA_VERSION:
+        raise BadInput(f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}")
     return document
 
 
@@ -62,18 +67,23 @@ def summary_markdown(document: dict[str, Any]) -> str:
     gate = document["gate"]
     lines = [f"## release-gate: **{outcome}**" + (f" `{promoted['arm']}`" if promoted else ""), ""]
     lines += [f"- {reason}" for reason in document["reasons"]]
+    design = document["design"]
+    evaluation = (f"sequential in {len(design['looks'])} looks ({design['spending']} spending)" if design["sequential"]
+                  else "fixed (every item at once)")
     lines += ["", f"Gate: mode `{gate['mode']}`, α = {gate['alpha']}, min gain {pts(gate['min_gain'])} pts, "
-              f"Holm {'on' if gate['holm'] else 'off'}, control reference: {gate['control_reference']}.", ""]
+              f"Holm {'on' if gate['holm'] else 'off'}, control reference: {gate['control_reference']}, "
+              f"evaluation {evaluation}; exact tests.", ""]
     tasks = document["tasks"]
-    lines += ["| variant | passed | p (adj.) | reward vs baseline | " +
-              " | ".join(f"{t} ({v['role']})" for t, v in tasks.items()) + " |",
+    lines += ["| variant | passed | p ≤ level | reward vs baseline | " +
+              " | ".join(f"{t} ({v['role']}, n ≤ {v['n']})" for t, v in tasks.items()) + " |",
               "|---|---|---|---|" + "---|" * len(tasks)]
     deltas = {(c["arm"], c["task"]): c for c in document["comparisons"] if c["reference"] == "baseline"}
     for arm, verdict in document["variants"].items():
         mark = "✅" if verdict["passed"] else ("➖" if verdict["passed_point"] else "❌")
         cells = [f"{pts(deltas[(arm, t)]['delta'])} [{pts(deltas[(arm, t)]['lcb'])}]" for t in tasks]
-        lines.append(f"| `{arm}` | {mark} | {verdict['p_adjusted']:.3g} | {pts(verdict['reward'])} | "
-                     + " | ".join(cells) + " |")
+        level = f"{verdict['boundary']:.3g}" if verdict["boundary"] is not None else "—"
+        lines.append(f"| `{arm}` | {mark} {verdict['status']} | {verdict['p_value']:.3g} ≤ {level}? | "
+                     f"{pts(verdict['reward'])} | " + " | ".join(cells) + " |")
     lines += ["", "Δ in points vs the unedited adapter, [one-sided lower confidence bound]. "
               "✅ passes, ➖ passes on point estimates only, ❌ fails.", ""]
     lines += [f"> ⚠ {w}" for w in document.get("warnings", [])]

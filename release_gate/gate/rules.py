@@ -35,15 +35,27 @@ class TaskRule:
         return 1.0 if self.higher_is_better else -1.0
 
 
+#: Default looks of the sequential gate: fractions of each task's limit.
+DEFAULT_LOOKS = (0.25, 0.5, 0.75, 1.0)
+
+
 @dataclass(frozen=True)
 class GateRule:
-    """The decision settings (SPEC §7)."""
+    """The decision settings (SPEC §7).
+
+    ``sequential`` evaluates in ``looks`` (fractions of each task's limit) with O'Brien–Fleming alpha
+    spending; an arm whose conditional power falls below ``futility`` stops early (non-binding).
+    ``mode: point`` (the paper's comparison of point estimates) always evaluates everything at once.
+    """
 
     alpha: float = 0.05
     min_gain: float = 0.0
     mode: str = "statistical"
     holm: bool = True
     control_reference: str = "mean"
+    sequential: bool = True
+    looks: tuple[float, ...] = DEFAULT_LOOKS
+    futility: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 0.5:
@@ -55,6 +67,18 @@ class GateRule:
         if self.control_reference not in CONTROL_REFERENCES:
             raise BadInput(f"gate.control_reference: must be one of {', '.join(CONTROL_REFERENCES)}, "
                            f"got {self.control_reference!r}")
+        looks = tuple(self.looks)
+        if not looks or any(not 0.0 < f <= 1.0 for f in looks) or abs(looks[-1] - 1.0) > 1e-12 or any(
+                b <= a for a, b in zip(looks, looks[1:])):
+            raise BadInput(f"gate.looks: must be increasing fractions in (0, 1] ending at 1, got {list(looks)}")
+        if not 0.0 <= self.futility < 0.5:
+            raise BadInput(f"gate.futility: the conditional power below which an arm stops must be in [0, 0.5), "
+                           f"got {self.futility}")
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        """The looks actually used: one look at everything unless sequential and statistical."""
+        return tuple(float(f) for f in self.looks) if self.sequential and self.mode == "statistical" else (1.0,)
 
 
 def check_task_rules(targets: list[TaskRule], guards: list[TaskRule]) -> None:

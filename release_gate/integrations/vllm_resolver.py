@@ -35,6 +35,7 @@ import vllm.envs as envs
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+from ..gate.outputs import SCHEMA_VERSION
 from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, directory_sha256
 
 #: The environment variable naming the release directory; the plugin is inert without it.
@@ -93,8 +94,9 @@ def _read_decision(entry_dir: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"unreadable {DECISION_FILE}: {exc}"
     if not isinstance(decision, dict):
         return None, f"{DECISION_FILE} is not a JSON object"
-    if decision.get("schema_version") != 1:
-        return None, f"{DECISION_FILE} schema_version {decision.get('schema_version')!r} is not 1"
+    if decision.get("schema_version") != SCHEMA_VERSION:
+        return None, (f"{DECISION_FILE} schema_version {decision.get('schema_version')!r} is not {SCHEMA_VERSION} "
+                      "(decisions of release-gate 0.1 are not served: run the gate again)")
     if decision.get("outcome") != "PROMOTE":
         return None, f"outcome {decision.get('outcome')}"
     promoted = decision.get("promoted")

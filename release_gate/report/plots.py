@@ -21,6 +21,7 @@ from . import svg
 
 REWARD = "reward"
 BASELINE = "baseline"
+BASE = "base"
 #: Marker shapes by task position (the target reward first).
 SHAPES = ("circle", "square", "triangle", "diamond")
 #: How many categorical colour classes the stylesheet defines (``c0`` … ``c7``).
@@ -264,15 +265,17 @@ def legend_block(x: float, y: float, *sections: Sequence[tuple[str, str, str]]) 
 
 
 def forest_rows(document: Document) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Per task: every arm vs baseline, then every variant vs each control reference."""
+    """Per task: every arm vs baseline, every variant vs each control reference, then baseline vs base."""
     variants = arms_with_role(document, "variant")
     controls = arms_with_role(document, "control")
     index = comparison_index(document)
-    references = list(dict.fromkeys(c["reference"] for c in document["comparisons"] if c["reference"] != BASELINE))
+    references = list(dict.fromkeys(c["reference"] for c in document["comparisons"]
+                                    if c["reference"] not in (BASELINE, BASE)))
     groups = []
     for task in task_order(document):
         keys = [(a, BASELINE, task) for a in (*variants, *controls)]
         keys += [(a, r, task) for r in references for a in variants]
+        keys.append((BASELINE, BASE, task))
         groups.append((task, [index[k] for k in keys if k in index]))
     return [(task, rows) for task, rows in groups if rows]
 
@@ -472,3 +475,57 @@ def cross_module(inspect: Mapping[str, Any]) -> Markup | None:
     return svg.figure(f.width, f.height, "o_proj vs down_proj within a layer",
                       "Top-m subspace overlap of the two residual writers of each layer.", body,
                       data_plot="cross-module")
+
+
+# --- (6) sequential evaluation: bounds against n ------------------------------------------------------------
+
+
+def look_series(document: Document, arm: str) -> dict[str, list[tuple[int, float | None, float]]]:
+    """Per criterion of ``arm``: (look, lower bound, threshold) at every look it was judged."""
+    series: dict[str, list[tuple[int, float | None, float]]] = {}
+    for look in document.get("looks", []):
+        entry = look["variants"].get(arm)
+        if entry is None:
+            continue
+        for criterion, values in entry["criteria"].items():
+            series.setdefault(criterion, []).append((look["look"], values.get("lcb"), values["threshold"]))
+    return series
+
+
+def bounds_by_look(document: Document, arm: str) -> Markup:
+    """One variant: each criterion's lower bound minus its threshold at every look, and where it stopped.
+
+    Above zero the criterion holds at that look's level; the variant passes when all are above zero at
+    a look whose level its p-value meets.
+    """
+    series = look_series(document, arm)
+    looks = document.get("looks", [])
+    first_target = next((t for t, spec in document["tasks"].items() if spec["role"] == "target"), None)
+    sizes = {look["look"]: look["n"].get(first_target, 0) for look in looks}
+    margins = [lcb - threshold for points in series.values() for _, lcb, threshold in points if lcb is not None]
+    lo, hi = svg.domain(margins, include=[0.0])
+    n_lo, n_hi = 0, max(sizes.values(), default=1) or 1
+    f = svg.frame(460, 230, (n_lo, n_hi), (lo, hi), margins=(62, 14, 150, 44))
+    body = [svg.axis_x(f, f"{first_target} items scored", lambda v: f"{v:.0f}", sorted(set(sizes.values()))),
+            svg.axis_y(f, "LCB − threshold (pts)", pts), svg.line(f.left, f.y(0.0), f.right, f.y(0.0), class_="budget")]
+    marks = []
+    for index, (criterion, points) in enumerate(series.items()):
+        shape = SHAPES[index % len(SHAPES)]
+        known = [(look, lcb, threshold) for look, lcb, threshold in points if lcb is not None]
+        parts = [svg.polyline([(f.x(sizes[look]), f.y.clamp(lcb - t)) for look, lcb, t in known], class_="trace")]
+        for look, lcb, threshold in known:
+            x, y = f.x(sizes[look]), f.y.clamp(lcb - threshold)
+            parts.append(svg.group([svg.marker(x, y, shape, 4.5, class_="marker", data_arm=arm, data_criterion=criterion),
+                                    svg.title(f"{criterion} at look {look} (n={sizes[look]}): LCB {pts(lcb)} pts, "
+                                              f"threshold {pts(threshold)} pts")]))
+        marks.append(svg.group(parts, class_=f"c{index % PALETTE_SIZE}"))
+    verdict = document["variants"][arm]
+    stop = sizes.get(verdict.get("look"), n_hi)
+    marks.append(svg.line(f.x(stop), f.top, f.x(stop), f.bottom, class_="stop"))
+    marks.append(svg.text(f.x(stop) - 4, f.top + 12, verdict.get("status", ""), "end", class_="region-label"))
+    legend = legend_block(f.right + 20, f.top + 8, [(c, SHAPES[i % len(SHAPES)], f"c{i % PALETTE_SIZE}")
+                                                    for i, c in enumerate(series)])
+    description = (f"{arm}: at every look, each criterion's lower confidence bound minus its threshold; above "
+                   f"zero the criterion holds at that look's level. The vertical line marks where {arm} stopped.")
+    return svg.figure(f.width, f.height, f"{arm}: bounds against n", description, [*body, *marks, legend],
+                      data_plot="looks", data_arm=arm)

@@ -91,6 +91,10 @@ def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
         "alignment_maps": plots.alignment_maps(inspect) if inspect else [],
         "cross_module_plot": plots.cross_module(inspect) if inspect else None,
         "examples": item_examples(run_dir, document, featured),
+        "look_plots": [plots.bounds_by_look(document, arm) for arm in plots.ranked_variants(document)
+                       if plots.look_series(document, arm)] if len(document["design"]["looks"]) > 1 else [],
+        "adapter_vs_base": [c for c in document["comparisons"] if c["arm"] == "baseline" and c["reference"] == "base"],
+        "tests_used": tests_used(document),
         "calibration": index_ranges(document["provenance"].get("calibration_indices") or []),
         "timings": timing_rows(document["provenance"].get("timings") or {}),
     }
@@ -145,6 +149,15 @@ def criterion_numbers(criterion: Mapping[str, Any]) -> tuple[str, str]:
     op = "≥" if criterion["id"].startswith("guard:") else ">"
     return (f"Δ {pts(criterion['estimate'])} pts",
             f"LCB {pts(criterion['lcb'])} · needs {op} {pts(criterion['threshold'])}")
+
+
+def tests_used(document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(criterion, test, method) once per criterion id, in the order of the first variant's criteria."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for verdict in document["variants"].values():
+        for c in verdict["criteria"]:
+            seen.setdefault(c["id"], (criterion_name(c["id"]), c["test"], c["method"]))
+    return list(seen.values())
 
 
 # --- item-level examples --------------------------------------------------------------------------------

@@ -424,13 +424,22 @@ def load_merged_model(base_model: str, adapter: LoraAdapter, device: str, dtype:
         model.to(device)
     model.eval().requires_grad_(False)
     check_module_shapes(adapter, linear_shapes(model), base_model)
+    merge_adapter(model, adapter)
+    return model, tokenizer
+
+
+def merge_adapter(model: torch.nn.Module, adapter: LoraAdapter) -> torch.nn.Module:
+    """Add every module's ``ΔW = s·B·A`` to the model's weights in place (float32 math, weight dtype kept).
+
+    The sensitivity pass then needs no LoRA layers and no parameter gradients.
+    """
     named = dict(model.named_modules())
     with torch.no_grad():
         for module in adapter.modules.values():
             weight = named[module.name].weight
             delta = module.scale * (module.B.to(weight.device, torch.float32) @ module.A.to(weight.device, torch.float32))
             weight.copy_((weight.float() + delta).to(weight.dtype))
-    return model, tokenizer
+    return model
 
 
 def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
