@@ -423,10 +423,17 @@ def test_point_mode_promotes_what_statistics_call_inconclusive() -> None:
 
 
 def test_sequential_records_every_look_and_stops_futile_arms() -> None:
-    base, guard, scores = _board(n=400, guard=np.tile([1.0, 0.0], 200))
-    scores["abs_select"] = {"t": base, "g": scores["baseline"]["g"]}  # identical to baseline: futile at once
+    ones, guard = np.ones(400), np.tile([1.0, 0.0], 200)
+    scores = {a: {"t": ones, "g": guard} for a in ["baseline", *CONTROLS]}
+    worse = ones.copy()
+    worse[:100:5] = 0.0  # loses 20 of the first 100 items: no chance to pass
+    scores["abs_select"] = {"t": worse, "g": guard}
     d = decide(scores, TARGETS, GUARDS, GateRule(), ["abs_select"], CONTROLS)
     assert d.verdicts["abs_select"].status == "futile" and d.verdicts["abs_select"].look == 0
+    assert "conditional power" in d.verdicts["abs_select"].note
+    identical = decide({**scores, "abs_select": {"t": ones, "g": guard}}, TARGETS, GUARDS, GateRule(), ["abs_select"],
+                       CONTROLS)
+    assert identical.verdicts["abs_select"].status == "final"  # nothing differs: no trend, no early stop
     assert len(d.looks) == 1 and d.looks[0]["n"] == {"t": 100, "g": 100}
     assert d.evaluated["baseline"] == {"t": 100, "g": 100}
     assert d.outcome == "REJECT"
