@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from release_gate.surgery.adapter import LLAMA_PROJECTIONS, load_adapter  # noqa: E402
+from release_gate.constants import LLAMA_PROJECTIONS  # noqa: E402
+from release_gate.surgery.adapter import load_adapter  # noqa: E402
 from release_gate.surgery.calibration import Encoded, Sensitivities, merge_adapter, per_example_sensitivities  # noqa: E402
 from release_gate.surgery.edit import decompose, make_variant  # noqa: E402
 from release_gate.surgery.policy_files import load_policy_files  # noqa: E402

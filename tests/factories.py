@@ -60,7 +60,7 @@ def smollm2_adapter(model_dir: Path, out: Path, *, seed: int, **kwargs) -> Path:
     """A random LoRA on the real SmolLM2 base (r 16, α 32, all seven projections by default)."""
     from transformers import AutoModelForCausalLM
 
-    from release_gate.surgery.adapter import LLAMA_PROJECTIONS
+    from release_gate.constants import LLAMA_PROJECTIONS
 
     options = {"r": 16, "alpha": 32, "targets": LLAMA_PROJECTIONS, "b_std": 0.02, **kwargs}
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from release_gate.assets import fetch
 from release_gate.cli import main
-from release_gate.surgery.adapter import directory_sha256
+from release_gate.files import directory_sha256
 
 from factories import TINY, make_adapter
 

@@ -13,7 +13,7 @@ import pytest
 from release_gate.assets import default_cache_dir
 from release_gate.cli import main
 from release_gate.demo import DemoSize, run_demo
-from release_gate.gate.outputs import EXIT_CODES
+from release_gate.schema import EXIT_CODES
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

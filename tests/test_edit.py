@@ -10,9 +10,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from release_gate.surgery.adapter import directory_sha256, load_adapter
+from release_gate.files import directory_sha256
+from release_gate.schema import SIDECAR_FILE as SIDECAR
+from release_gate.surgery.adapter import load_adapter
 from release_gate.surgery.calibration import Encoded, Sensitivities, per_example_sensitivities
-from release_gate.surgery.edit import SIDECAR, decompose, make_variant, write_variant
+from release_gate.surgery.edit import decompose, make_variant, write_variant
 from release_gate.surgery.policies import AbsSelect, GradDirection, RandomIndex, SmoothAbs
 
 from factories import tiny_llama

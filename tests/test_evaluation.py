@@ -10,13 +10,14 @@ import pytest
 from lm_eval.api.instance import Instance
 
 from release_gate.assets import fetch
+from release_gate.constants import LLAMA_PROJECTIONS
 from release_gate.evaluation import canary
 from release_gate.evaluation.backend import SharedEngineLM
 from release_gate.evaluation.engine import Arm, Engine, EngineSettings
 from release_gate.evaluation.runner import TaskRequest, evaluate, items_from_samples, resolve_task
 from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
-from release_gate.surgery.adapter import LLAMA_PROJECTIONS, load_adapter
+from release_gate.surgery.adapter import load_adapter
 from release_gate.surgery.edit import decompose, make_variant, write_variant
 from release_gate.surgery.policies import RandomIndex
 

@@ -150,3 +150,17 @@ def test_interrupted_runs_lose_at_most_the_pair_in_flight(adapters, tmp_path):
     final = check_store()
     assert {path.parent for path in final} == expected
     assert {path: final[path] for path in third} == third
+
+
+def test_kill_9_of_the_main_process_alone_takes_the_engine_with_it(adapters, tmp_path):
+    """SIGKILL to the run's own pid only (not its group): the watchdog kills the engine core and worker."""
+    run = Run(tmp_path / "store", tmp_path / "tasks", adapters, tmp_path / "alone.log")
+    deadline = time.monotonic() + 300
+    while "engine started" not in run.log.read_text():
+        assert run.process.poll() is None and time.monotonic() < deadline, run.log.read_text()[-3000:]
+        time.sleep(0.2)
+    engine = [member for member in group_members(run.process.pid) if not member.startswith(f"{run.process.pid} ")]
+    assert engine, "vLLM started no engine processes to watch"
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(30)
+    assert_no_survivors(run.process.pid, grace=10)

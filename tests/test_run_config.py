@@ -40,9 +40,10 @@ def test_example_configs_validate(path):
 def test_precedence_defaults_file_set(tmp_path, base_config):
     base_config["gate"] = {"alpha": 0.1}
     path = _write(tmp_path, base_config)
-    assert load_run_config(path).gate == {"alpha": 0.1}
+    assert load_run_config(path).gate.alpha == 0.1
+    assert load_run_config(path).to_json()["gate"] == {"alpha": 0.1}  # the resolved config records what was set
     config = load_run_config(path, ["gate.alpha=0.01", "controls.seeds=[4, 5]", "evaluation.limit=7"])
-    assert config.gate["alpha"] == 0.01 and config.controls.seeds == (4, 5) and config.evaluation.limit == 7
+    assert config.gate.alpha == 0.01 and config.controls.seeds == (4, 5) and config.evaluation.limit == 7
     assert load_run_config(path).edit.targets == ("o_proj", "down_proj")  # dataclass default
 
 
@@ -144,3 +145,39 @@ def test_ci_recipe_passes_the_gate_exit_code_through(tmp_path):
     workflow = yaml.safe_load((root / "examples/ci/github-actions.yml").read_text())
     steps = workflow["jobs"]["gate"]["steps"]
     assert any("examples/ci/release-gate.sh" in step.get("run", "") for step in steps)
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path, base_config, capsys):
+    path = _write(tmp_path, base_config)
+    path.write_text(path.read_text() + "gate:\n  alpha: 0.05\n  holm: true\n  alpha: 0.2\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = len(path.read_text().splitlines())
+    assert f"gate.alpha: written twice (lines {lines - 2} and {lines})" in err and str(path) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_errors_name_the_line_and_the_set_override(tmp_path, base_config, capsys):
+    path = _write(tmp_path, {**base_config, "gate": {"alpha": 0.9}})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "alpha" in text)
+    assert main(["run", str(path)]) == 2
+    assert f"gate.alpha: must be in (0, 0.5), got 0.9 (line {line})" in capsys.readouterr().err
+    assert main(["run", str(_write(tmp_path, base_config)), "--set", "gate.futility=0.7"]) == 2
+    assert "gate.futility: the conditional power below which an arm stops must be in [0, 0.5), got 0.7 (--set)" in \
+        capsys.readouterr().err
+
+
+def test_config_schema_describes_every_example(capsys):
+    import json
+
+    import jsonschema
+
+    assert main(["config-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"gate", "evaluation", "targets", "guards", "calibration"} <= set(schema["properties"])
+    assert "source" not in schema["properties"]
+    for path in EXAMPLES:
+        data = yaml.safe_load(path.read_text())
+        jsonschema.validate(data, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"base_model": "m", "adapter": "a", "gate": {"alpha": "low"}}, schema)

@@ -18,8 +18,8 @@ import yaml
 from release_gate.assets import fetch
 from release_gate.cli import main
 from release_gate.demo import csqa_prompt, write_heldout_task
-from release_gate.gate.outputs import EXIT_CODES
-from release_gate.hashing import file_sha256
+from release_gate.files import file_sha256
+from release_gate.schema import EXIT_CODES
 
 from factories import smollm2_adapter
 

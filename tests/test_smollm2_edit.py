@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from release_gate.assets import fetch
-from release_gate.surgery.adapter import directory_sha256
+from release_gate.files import directory_sha256
 
 from factories import smollm2_adapter
 

@@ -29,10 +29,13 @@ def test_offline_tasks_load_from_the_assets(manager):
     assert cot.task.config.num_fewshot == 8  # fixed exemplars: no train split needed offline
 
 
-def test_task_key_changes_with_settings(manager):
+def test_task_key_leaves_the_limit_out(manager):
+    """Stored items serve every limit (issue #10): the key changes with what scores an item, not how many."""
     a = resolve_task(TaskRequest("commonsense_qa", "acc", limit=10), manager)
     b = resolve_task(TaskRequest("commonsense_qa", "acc", limit=20), manager)
-    assert a.key != b.key and a.key == resolve_task(TaskRequest("commonsense_qa", "acc", limit=10), manager).key
+    assert a.key == b.key and a.doc_ids() == b.doc_ids()[:10]
+    shots = resolve_task(TaskRequest("commonsense_qa", "acc", limit=10, num_fewshot=2), manager)
+    assert shots.key != a.key
 
 
 def test_resolved_task_carries_the_request_settings(manager):

@@ -15,18 +15,17 @@ import pytest
 from vllm.lora.resolver import LoRAResolverRegistry
 
 from release_gate.assets import fetch
-from release_gate.gate.outputs import SCHEMA_VERSION
+from release_gate.files import directory_sha256
 from release_gate.integrations import vllm_resolver
+from release_gate.integrations.releases import ADAPTER_FILES, check_release, is_safe_name
 from release_gate.integrations.vllm_resolver import (
-    ADAPTER_FILES,
     RELEASE_DIR_ENV,
     RESOLVER_NAME,
     ReleaseGateResolver,
-    check_release,
-    is_safe_name,
     register,
 )
-from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, directory_sha256
+from release_gate.schema import SCHEMA_VERSION
+from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 
 from factories import smollm2_adapter
 from servers import api_server

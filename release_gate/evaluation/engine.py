@@ -16,12 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..constants import SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
 from ..errors import BadInput, RuntimeFailure
-from ..hashing import content_key
-from ..surgery.adapter import VLLM_MAX_LORA_RANK, load_adapter
-
-#: ``max_lora_rank`` values vLLM accepts.
-SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, VLLM_MAX_LORA_RANK)
+from ..files import content_key
+from ..surgery.adapter import load_adapter
+from .watchdog import Watchdog
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -125,6 +124,7 @@ class Engine:
 
         self.settings = settings
         self._ids: dict[str, int] = {}
+        self._watchdog = Watchdog()  # kills the engine's processes if this one dies without closing it
         try:
             self.llm = LLM(
                 model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
@@ -135,6 +135,7 @@ class Engine:
                 **settings.extra,
             )
         except Exception as exc:  # vLLM raises many types; keep its own cause in the message
+            self._watchdog.stop()
             raise RuntimeFailure(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -192,3 +193,7 @@ class Engine:
             if shutdown:
                 shutdown()
             self.llm = None
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()
+            self._watchdog = None

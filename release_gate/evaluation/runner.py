@@ -9,6 +9,7 @@ once (:func:`resolve_task`) and its requests are built once per run
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from importlib import metadata
 from typing import Any
 
 from ..errors import BadInput
-from ..hashing import content_key
+from ..files import content_key
 from .backend import SharedEngineLM
 from .engine import Arm
 from .store import Item, ItemStore
 from .tasks import CODE_TASKS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,8 @@ class BuiltTask:
     The requests do not depend on the arm, so lm-eval's own ``evaluate`` gets
     this object as the task: its first ``build_all_requests`` for a chunk
     builds them, every later one hands the same requests out with their
-    answers cleared. Chunks are passed as lm-eval's ``samples`` (doc indices).
+    answers cleared (the task keeps holding them: nothing of lm-eval's is
+    written). Chunks are passed as lm-eval's ``samples`` (doc indices).
     Everything else is the loaded task's (``__getattr__``), so filters,
     metrics and logged samples are lm-eval's.
     """
@@ -253,14 +257,13 @@ class BuiltTask:
 
         task = self.resolved.task
         key = repr(sorted(settings.items()))
-        if self._built is None or self._built[0] != key:
+        if self._built is None or self._built[0] != key or task.instances is not self._built[1]:
             task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
             task.build_all_requests(chat_template=chat_template, **settings)
-            self._built = (key, task._instances)
+            self._built = (key, task.instances)
             return
-        for instance in self._built[1]:  # fresh lists: logged samples of earlier arms keep theirs
+        for instance in self._built[1]:  # the task still holds these requests: only the answers are cleared
             instance.resps, instance.filtered_resps = [], {}
-        task._instances = self._built[1]
 
     def score(self, lm: Any, doc_ids: Sequence[int]) -> list[Item]:
         """lm-eval's ``evaluate`` of this task's items ``doc_ids`` with ``lm``: per-item scores."""
@@ -305,14 +308,14 @@ def evaluate(
             task = BuiltTask(resolved, chat_template)
             task_key = task.store_key(template, wanted)
             stored = {arm.name: store.load(arm, name, task_key, engine_key) for arm in arms}
-            missing = {arm.name: [d for d in wanted if d not in stored[arm.name]] for arm in arms}
-            for chunk, group in _groups(arms, missing).items():
-                shared = lm.batched_with(tuple(group)) if cross_arm and len(group) > 1 else lm
-                for arm in group:
-                    bar.set_postfix_str(f"{arm.name} / {name} ({len(chunk)} items)")
-                    items = task.score(shared.for_arm(arm), chunk)
-                    store.save(arm, name, task_key, engine_key, items)
-                    stored[arm.name].update({i.doc_id: i for i in items})
+            lacking = [arm for arm in arms if any(d not in stored[arm.name] for d in wanted)]
+            if lacking:
+                with store.locked(lacking, name, task_key, engine_key):  # another run on this store may score them
+                    for arm in lacking:
+                        stored[arm.name] = store.load(arm, name, task_key, engine_key)
+                    missing = {arm.name: [d for d in wanted if d not in stored[arm.name]] for arm in lacking}
+                    for chunk, group in _groups(lacking, missing).items():
+                        _score_chunk(lm, task, chunk, group, store, (name, task_key, engine_key), stored, cross_arm, bar)
             for arm in arms:
                 out[(arm.name, name)] = [stored[arm.name][d] for d in wanted if d in stored[arm.name]]
                 if len(out[(arm.name, name)]) != len(wanted):
@@ -320,6 +323,19 @@ def evaluate(
                                        f"{len(wanted)} items")
                 bar.update()
     return out
+
+
+def _score_chunk(lm: SharedEngineLM, task: BuiltTask, chunk: tuple[int, ...], group: list[Arm], store: ItemStore,
+                 where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool, bar: Any) -> None:
+    """Score ``chunk`` for every arm of ``group`` (one engine pass with cross-arm batching) and store each arm's items."""
+    name = where[0]
+    shared = lm.batched_with(tuple(group)) if cross_arm and len(group) > 1 else lm
+    logger.debug("%s: %d new items for %s", name, len(chunk), ", ".join(a.name for a in group))
+    for arm in group:
+        bar.set_postfix_str(f"{arm.name} / {name} ({len(chunk)} items)")
+        items = task.score(shared.for_arm(arm), chunk)
+        store.save(arm, *where, items)
+        stored[arm.name].update({i.doc_id: i for i in items})
 
 
 def _groups(arms: Sequence[Arm], missing: Mapping[str, list[int]]) -> dict[tuple[int, ...], list[Arm]]:

@@ -2,81 +2,162 @@
 
 The scale-out path: the server may be tensor/data-parallel or a Ray cluster,
 and the project adds no distribution layer of its own. Each arm is loaded
-with ``/v1/load_lora_adapter`` under its content-hashed name, scored with
-lm-eval's ``local-completions`` (tokenizer passed explicitly), and unloaded
-afterwards. The server must run with ``--enable-lora`` and
-``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+with ``/v1/load_lora_adapter`` under its content-hashed name (unless
+``/v1/models`` already lists it), scored with lm-eval's ``local-completions``
+(``concurrency`` requests in flight, ``batch_size`` prompts per request, so a
+data-parallel deployment is kept busy), and unloaded afterwards. Requests
+carry the API key (``evaluation.server.api_key``, else ``$OPENAI_API_KEY``;
+never written to ``decision.json`` or logs); connection failures and 5xx
+answers are retried with exponential backoff; the server's JSON errors
+(``{"error": {"message", "type", "code"}}``) are parsed, not searched. The
+server must run with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``
+(for a server without that flag, see ``release-gate serve-args``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadInput, RuntimeFailure
-from ..hashing import content_key
+from ..files import content_key
 from .engine import Arm
 from .runner import BuiltTask, ResolvedTask
 from .store import Item, ItemStore
 
+logger = logging.getLogger(__name__)
+#: HTTP statuses worth asking again (the server is busy or restarting), and the first wait in seconds.
+RETRY_STATUSES = (429, 502, 503, 504)
+BACKOFF_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class ServerError(Exception):
+    """The server's own structured answer to a refused request."""
+
+    status: int
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} {self.type}: {self.message}"
+
+
+def parse_error(status: int, body: str) -> ServerError:
+    """vLLM's ``{"error": {"message", "type", "code"}}`` (or its older flat form), else the raw text."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ServerError(status, "HTTPError", body.strip()[:500])
+    error = document.get("error", document) if isinstance(document, dict) else {}
+    if not isinstance(error, dict):
+        return ServerError(status, "HTTPError", str(error)[:500])
+    return ServerError(int(error.get("code") or status), str(error.get("type") or "HTTPError"),
+                       str(error.get("message") or body)[:500])
+
 
 @dataclass(frozen=True)
 class Server:
-    """An OpenAI-compatible vLLM server and the tokenizer of its base model."""
+    """An OpenAI-compatible vLLM server, the tokenizer of its base model, and how to talk to it."""
 
     url: str
     model: str
     tokenizer: str
+    api_key: str | None = field(default=None, repr=False)
+    concurrency: int = 8
+    batch_size: int = 8
     timeout: float = 600.0
+    retries: int = 3
 
-    def post(self, path: str, payload: dict[str, Any]) -> str:
+    @property
+    def key_or_env(self) -> str | None:
+        return self.api_key or os.environ.get("OPENAI_API_KEY") or None
+
+    def headers(self) -> dict[str, str]:
+        key = self.key_or_env
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """POST ``payload`` (GET without one) and return the decoded answer, retrying transient failures."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(path, payload)
+            except ServerError as error:
+                if error.status not in RETRY_STATUSES or attempt == self.retries:
+                    raise
+                failure: Exception = error
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt == self.retries:
+                    raise RuntimeFailure(f"vLLM server at {self.url} is not reachable: {exc}") from None
+                failure = exc
+            wait = BACKOFF_SECONDS * 2**attempt
+            logger.warning("vLLM server %s%s: %s; retrying in %.1f s", self.url, path, failure, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(self, path: str, payload: dict[str, Any] | None) -> Any:
         request = urllib.request.Request(
-            f"{self.url.rstrip('/')}{path}", data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"{self.url.rstrip('/')}{path}", data=None if payload is None else json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json", **self.headers()}, method="GET" if payload is None else "POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read().decode()
+                text = response.read().decode()
         except urllib.error.HTTPError as exc:
-            raise _ServerRefused(exc.read().decode(errors="replace")) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RuntimeFailure(f"vLLM server at {self.url} is not reachable: {exc}") from None
+            raise parse_error(exc.code, exc.read().decode(errors="replace")) from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    def served_models(self) -> set[str]:
+        """Names the server serves now (``/v1/models``): the base model and every loaded adapter."""
+        answer = self.request("/v1/models")
+        return {entry.get("id") for entry in answer.get("data", [])} if isinstance(answer, dict) else set()
 
     def key(self) -> str:
-        """Identifies what serves the scores (part of the store key)."""
+        """Identifies what serves the scores (part of the store key; the API key is not)."""
         return content_key({"server": self.url, "model": self.model, "tokenizer": self.tokenizer})
 
 
-class _ServerRefused(Exception):
-    """The server answered with an HTTP error; the text is its own explanation."""
+def refused(error: ServerError, what: str) -> Exception:
+    """The error a refusal means for the user: their input (exit 2) or the server (exit 1)."""
+    if error.status in (401, 403):
+        return BadInput(f"vLLM server refused the API key for {what} ({error}); set evaluation.server.api_key "
+                        "or $OPENAI_API_KEY to the server's --api-key")
+    if error.status >= 500 and "rank" in error.message.lower():
+        return BadInput(f"{what}: its rank is above the server's --max-lora-rank ({error})")
+    if error.status in (400, 404):
+        return BadInput(f"vLLM server refused {what} ({error})")
+    return RuntimeFailure(f"vLLM server failed on {what} ({error})")
 
 
 def load(server: Server, arm: Arm) -> None:
-    """Load ``arm``'s adapter under its content-hashed name (a no-op for the base model)."""
-    if arm.adapter is None:
-        return
+    """Load ``arm``'s adapter under its content-hashed name (a no-op for the base model or one already served)."""
+    if arm.adapter is None or arm.lora_name in server.served_models():
+        return  # same content, same name: the server already holds exactly this adapter
     try:
-        server.post("/v1/load_lora_adapter", {"lora_name": arm.lora_name, "lora_path": str(arm.adapter)})
-    except _ServerRefused as refusal:
-        text = str(refusal)
-        if "rank" in text.lower():
-            raise BadInput(f"adapter {arm.adapter}: rank {arm.rank} is above the server's --max-lora-rank ({text})") from None
-        if "already been loaded" in text:
-            return  # same content, same name: the server already holds exactly this adapter
-        raise RuntimeFailure(f"vLLM server refused to load {arm.adapter}: {text}") from None
+        server.request("/v1/load_lora_adapter", {"lora_name": arm.lora_name, "lora_path": str(arm.adapter)})
+    except ServerError as error:
+        raise refused(error, f"loading adapter {arm.adapter} (rank {arm.rank})") from None
 
 
 def unload(server: Server, arm: Arm) -> None:
     if arm.adapter is None:
         return
     try:
-        server.post("/v1/unload_lora_adapter", {"lora_name": arm.lora_name})
-    except _ServerRefused as refusal:
-        raise RuntimeFailure(f"vLLM server refused to unload {arm.lora_name}: {refusal}") from None
+        server.request("/v1/unload_lora_adapter", {"lora_name": arm.lora_name})
+    except ServerError as error:
+        if error.status == 404:
+            raise RuntimeFailure(f"vLLM server refused to unload {arm.lora_name}: it is not loaded ({error})") from None
+        raise refused(error, f"unloading {arm.lora_name}") from None
 
 
 def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask, doc_ids: Sequence[int]) -> list[Item]:
@@ -84,13 +165,15 @@ def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask, doc_ids: Sequen
     import lm_eval.models  # noqa: F401  (lm-eval imports its built-ins only while its registry is empty)
     from lm_eval.api.registry import get_model
 
-    model = server.model if arm.adapter is None else arm.lora_name
-    model_args = (
-        f"model={model},base_url={server.url.rstrip('/')}/v1/completions,tokenizer={server.tokenizer},"
-        "tokenizer_backend=huggingface,num_concurrent=1,max_retries=2,tokenized_requests=True"
+    model = get_model("local-completions")(
+        model=server.model if arm.adapter is None else arm.lora_name,
+        base_url=f"{server.url.rstrip('/')}/v1/completions", tokenizer=server.tokenizer,
+        tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=server.concurrency,
+        batch_size=server.batch_size, max_retries=server.retries, timeout=int(server.timeout),
+        header={"Content-Type": "application/json", **server.headers()} if server.key_or_env else None,
     )
     try:
-        return task.score(get_model("local-completions").create_from_arg_string(model_args), doc_ids)
+        return task.score(model, doc_ids)
     except Exception as exc:  # lm-eval's HTTP client raises many types; keep the cause
         raise RuntimeFailure(f"vLLM server at {server.url} failed on {task.resolved.request.name} for {arm.name}: "
                              f"{type(exc).__name__}: {exc}") from exc

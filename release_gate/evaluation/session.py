@@ -8,7 +8,7 @@ the per-item canary runs on the first answer that holds both base and baseline.
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReleaseGateError, RuntimeFailure
-from ..hashing import content_key
+from ..files import content_key, read_json, write_json_atomic
+from ..schema import BASE, BASELINE
 from .engine import Arm, EngineSettings
 from .runner import ResolvedTask
 from .store import Item, ItemStore
 
-BASE, BASELINE = "base", "baseline"
+logger = logging.getLogger(__name__)
 
 
 class EvaluationSession:
@@ -88,7 +89,7 @@ class EvaluationSession:
             return server_mode.evaluate(self.server, arms, tasks, self.store, sizes)
         stored = self._from_store(arms, tasks, sizes)
         if stored is not None and self._canary_file().is_file():
-            self.canary = self.canary or json.loads(self._canary_file().read_text())
+            self.canary = self.canary or read_json(self._canary_file())
             return stored
         return self._on_engine(arms, tasks, sizes)
 
@@ -142,15 +143,14 @@ class EvaluationSession:
         from .backend import SharedEngineLM
         from .engine import Engine
 
+        logger.info("starting the vLLM engine for %d arms (%s)", len(self.arms), self.settings.model)
         self._engine = Engine(self.settings)
         arms = list(self.arms.values())
         base, baseline = self.arms[BASE], self.arms[BASELINE]
         report = canary.check(self._engine, base, baseline, [a for a in arms if a.name not in (BASE, BASELINE)])
         self.canary = report.to_json()
         self._canary_file().parent.mkdir(parents=True, exist_ok=True)
-        from ..gate.outputs import write_text_atomic
-
-        write_text_atomic(self._canary_file(), json.dumps(self.canary))
+        write_json_atomic(self._canary_file(), self.canary)
         self._lm = SharedEngineLM(self._engine, base, batch_size=self.batch_size)
         return self._lm
 

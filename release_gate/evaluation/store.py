@@ -10,14 +10,14 @@ file is ignored (its items are scored again), never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..hashing import content_key
+from ..files import child, content_key, file_lock, read_jsonl, write_jsonl_atomic
 from .engine import Arm
 
 #: Store layout version; bump when an item's meaning changes (older directories are then not read).
@@ -50,8 +50,8 @@ class ItemStore:
         self.root = Path(root)
 
     def directory(self, arm: Arm, task: str, task_key: str, engine_key: str) -> Path:
-        owner = f"{arm.name}-{arm.sha256[:16] or 'base'}"
-        return self.root / f"v{STORE_VERSION}" / owner / f"{task}-{task_key}-{engine_key}"
+        owner = child(self.root / f"v{STORE_VERSION}", f"{arm.name}-{arm.sha256[:16] or 'base'}", "arm")
+        return child(owner, f"{task}-{task_key}-{engine_key}", "task")
 
     def load(self, arm: Arm, task: str, task_key: str, engine_key: str) -> dict[int, Item]:
         """Every stored item of this (arm, task), by doc_id (complete chunk files only)."""
@@ -59,24 +59,26 @@ class ItemStore:
         directory = self.directory(arm, task, task_key, engine_key)
         for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else ():
             try:
-                items = [Item(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+                items = [Item(**row) for row in read_jsonl(path)]
             except (json.JSONDecodeError, TypeError, OSError):
                 continue  # a damaged chunk is scored again, never trusted
             for item in items:
                 found.setdefault(item.doc_id, item)
         return found
 
+    @contextlib.contextmanager
+    def locked(self, arms: Iterable[Arm], task: str, task_key: str, engine_key: str) -> Iterator[None]:
+        """Hold the (arm, task) locks of ``arms`` (in a fixed order): one process scores an item, others wait."""
+        locks = sorted({self.directory(a, task, task_key, engine_key).with_suffix(".lock") for a in arms})
+        with contextlib.ExitStack() as stack:
+            for path in locks:
+                stack.enter_context(file_lock(path))
+            yield
+
     def save(self, arm: Arm, task: str, task_key: str, engine_key: str, items: Iterable[Item]) -> Path:
         """One chunk file for ``items`` (atomic; its name is the hash of their doc_ids)."""
         items = sorted(items, key=lambda i: i.doc_id)
         directory = self.directory(arm, task, task_key, engine_key)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{content_key([i.doc_id for i in items])}.jsonl"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for item in items:
-                handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-        return path
+        return write_jsonl_atomic(directory / f"{content_key([i.doc_id for i in items])}.jsonl",
+                                  (item.to_json() for item in items))

@@ -19,6 +19,7 @@ import yaml
 
 from ..assets import Assets
 from ..errors import BadInput
+from ..files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,7 @@ def write_json_task(task: OfflineTask, data_file: Path, directory: Path) -> Path
         split_key: task.split,
         **dict(task.overrides),
     }
-    path = directory / f"{task.name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_text_atomic(directory / f"{task.name}.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: bool = False) -> Path:
@@ -78,8 +77,8 @@ def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: b
     directory.mkdir(parents=True, exist_ok=True)
     if allow_code_execution:
         template = (TEMPLATES / "humaneval.yaml").read_text(encoding="utf-8")
-        (directory / "humaneval.yaml").write_text(template.format(data_file=assets.humaneval), encoding="utf-8")
-        (directory / "humaneval_utils.py").write_text((TEMPLATES / "humaneval_utils.py").read_text(encoding="utf-8"))
+        write_text_atomic(directory / "humaneval.yaml", template.format(data_file=assets.humaneval))
+        write_text_atomic(directory / "humaneval_utils.py", (TEMPLATES / "humaneval_utils.py").read_text(encoding="utf-8"))
     for task in OFFLINE_TASKS:
         write_json_task(task, Path(getattr(assets, task.asset)), directory)
     return directory

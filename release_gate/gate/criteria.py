@@ -15,14 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import BASE, BASELINE, CONTROL_MEAN, REWARD, Status
 from .evidence import Evidence, judge, paired_data
 from .rules import GateRule, TaskRule
-
-BASE = "base"
-BASELINE = "baseline"
-#: Name of the synthetic reference arm: the random controls taken together (per-item label permutation).
-CONTROL_MEAN = "random_index"
-REWARD = "reward"
 
 #: Scores of each arm on each task, one value per item, items in the same order for every arm.
 Scores = Mapping[str, Mapping[str, np.ndarray]]
@@ -145,7 +140,7 @@ class Verdict:
     look: int
     fraction: float
     n: dict[str, int]
-    status: str = "evaluating"
+    status: Status = Status.EVALUATING
     level: float = math.nan
     boundary: float = math.nan
     p_adjusted: float = 1.0
@@ -165,7 +160,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
+        return self.status == Status.PASSED
 
     @property
     def passed_point(self) -> bool:

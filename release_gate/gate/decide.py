@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import BASE, BASELINE, Outcome, Status, rank_key
 from . import boundaries, stats
 from .criteria import (
-    BASE,
-    BASELINE,
     Board,
     Comparison,
     Scores,
@@ -190,7 +189,7 @@ class _Gate:
                 break
             for arm in newly:
                 verdict = self.verdicts[arm]
-                verdict.status, verdict.level, verdict.boundary = "passed", level, boundary
+                verdict.status, verdict.level, verdict.boundary = Status.PASSED, level, boundary
                 verdict.note = f"passed at look {look + 1}"
                 self.passed.append(arm)
                 self.open.remove(arm)
@@ -207,30 +206,30 @@ class _Gate:
             verdict.level, verdict.boundary = level, self.design.nominal(look, level)
             status, note = self.early_stop(verdict, look, final_level, best)
             if look == self.last and status is None:
-                status, note = "final", "evaluated to every task's limit"
+                status, note = Status.FINAL, "evaluated to every task's limit"
             if status is not None:
                 verdict.status, verdict.note = status, note
                 self.open.remove(arm)
 
     def early_stop(self, verdict: Verdict, look: int, final_level: float, best: float | None
-                   ) -> tuple[str | None, str]:
+                   ) -> tuple[Status | None, str]:
         if look == self.last or self.rule.mode == "point":
             return None, ""
         fraction = self.design.fractions[look]
         collapse_level = self.design.nominal(look, self.rule.alpha)
         for c in verdict.criteria:
             if c.is_guard and c.evidence.p_value_below(c.threshold) <= collapse_level:
-                return "collapsed", (f"stopped at look {look + 1}: guard {c.task} is certainly beyond its budget "
+                return Status.COLLAPSED, (f"stopped at look {look + 1}: guard {c.task} is certainly beyond its budget "
                                      f"({pts(c.estimate)} pts, budget {pts(c.threshold)})")
         for c in verdict.criteria:
             if c.evidence.discordant < FUTILITY_EVIDENCE:
                 continue  # too few items differ to judge a trend: no evidence is not evidence of futility
             power = boundaries.conditional_power(c.evidence.z(c.threshold), fraction, final_level)
             if power < self.rule.futility:
-                return "futile", (f"stopped at look {look + 1} for futility: {c.id} has conditional power "
+                return Status.FUTILE, (f"stopped at look {look + 1} for futility: {c.id} has conditional power "
                                   f"{100 * power:.0f}% < {100 * self.rule.futility:.0f}%")
         if best is not None and verdict.reward <= best:
-            return "outranked", f"stopped at look {look + 1}: a passing variant has a higher reward"
+            return Status.OUTRANKED, f"stopped at look {look + 1}: a passing variant has a higher reward"
         return None, ""
 
     def record(self, look: int) -> None:
@@ -275,7 +274,7 @@ def run_gate(design: Design, fetch: Fetch, record_bounds: bool = True, summaries
     if not summaries:
         return Decision(outcome, winner, [], verdicts, [], {}, {}, rule, design, gate.looks, gate.evaluated, warnings)
     reasons = reasons_for(outcome, winner, verdicts, rule)
-    needed = items_needed(verdicts, design) if outcome == "INCONCLUSIVE" else None
+    needed = items_needed(verdicts, design) if outcome == Outcome.INCONCLUSIVE else None
     if needed:
         reasons[0] += "; " + advice(needed, design)
     comparisons = comparisons_for(gate.board, list(gate.board.scores), design.variants, design.controls,
@@ -303,25 +302,24 @@ def decide(scores: Scores, targets: Sequence[TaskRule], guards: Sequence[TaskRul
 
 
 def _rank(v: Verdict) -> tuple[float, float, str]:
-    """Highest reward first; ties go to the smaller guard drop, then the name (deterministic)."""
-    return (-v.reward, v.worst_guard_drop, v.arm)
+    return rank_key(v.reward, v.worst_guard_drop, v.arm)
 
 
 def outcome_of(verdicts: Mapping[str, Verdict]) -> tuple[str, str | None]:
     """PROMOTE / REJECT / INCONCLUSIVE and the promoted arm."""
     passing = sorted((v for v in verdicts.values() if v.passed), key=_rank)
     if passing:
-        return "PROMOTE", passing[0].arm
-    if any(not v.passed and v.passed_point and v.status == "final" for v in verdicts.values()):
-        return "INCONCLUSIVE", None
-    return "REJECT", None
+        return Outcome.PROMOTE, passing[0].arm
+    if any(not v.passed and v.passed_point and v.status == Status.FINAL for v in verdicts.values()):
+        return Outcome.INCONCLUSIVE, None
+    return Outcome.REJECT, None
 
 
 def reasons_for(outcome: str, winner: str | None, verdicts: Mapping[str, Verdict], rule: GateRule) -> list[str]:
     """The outcome in words (first line), then one line per variant, best first."""
     point = rule.mode == "point"
     details = [_verdict_reason(v, rule, point) for v in sorted(verdicts.values(), key=_rank)]
-    if outcome == "PROMOTE":
+    if outcome == Outcome.PROMOTE:
         win = verdicts[winner]
         evidence = "on point estimates (mode: point)" if point else (
             f"with confidence (p = {win.p_value:.3g} ≤ {win.boundary:.3g}, its level at look {win.look + 1}"
@@ -329,8 +327,8 @@ def reasons_for(outcome: str, winner: str | None, verdicts: Mapping[str, Verdict
         head = (f"PROMOTE {win.arm}: it beats baseline and the random control and stays within every guard budget "
                 f"{evidence}; target reward {pts(win.reward)} pts, worst guard drop {100 * win.worst_guard_drop:.1f} pts")
         return [head, *details]
-    if outcome == "INCONCLUSIVE":
-        near = sorted((v for v in verdicts.values() if not v.passed and v.passed_point and v.status == "final"),
+    if outcome == Outcome.INCONCLUSIVE:
+        near = sorted((v for v in verdicts.values() if not v.passed and v.passed_point and v.status == Status.FINAL),
                       key=_rank)
         return [f"INCONCLUSIVE: {', '.join(v.arm for v in near)} pass on point estimates but not with "
                 f"{round(100 * (1 - rule.alpha))}% confidence", *details]
@@ -341,7 +339,7 @@ def _verdict_reason(v: Verdict, rule: GateRule, point: bool) -> str:
     """Why a variant passed or failed: point-estimate failures first, then confidence failures."""
     on_point, on_confidence = v.failures()
     parts = []
-    if v.status in ("futile", "collapsed", "outranked"):
+    if v.status in (Status.FUTILE, Status.COLLAPSED, Status.OUTRANKED):
         parts.append(v.note)
     if on_point:
         parts.append("fails " + "; ".join(c.text() for c in on_point))
@@ -362,7 +360,7 @@ def items_needed(verdicts: Mapping[str, Verdict], design: Design) -> dict[str, i
     not with confidence, ``n · ((z_level + z_0.8)·sd / effect)² / n``, the reward's factor applied to
     every target. ``None`` when no such variant or no finite answer exists.
     """
-    near = sorted((v for v in verdicts.values() if v.status == "final" and v.passed_point), key=_rank)
+    near = sorted((v for v in verdicts.values() if v.status == Status.FINAL and v.passed_point), key=_rank)
     if not near:
         return None
     verdict = near[0]

@@ -8,56 +8,26 @@ exists only beside a PROMOTE decision whose sha256 matches it.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from ..errors import BadInput
+from ..files import atomic_directory, remove_directory, write_json_atomic, write_text_atomic
+from ..schema import (
+    DECISION_FILE,
+    JUNIT_FILE,
+    MODEL_CARD_FILE,
+    PROMOTED_DIR,
+    SIDECAR_FILE,
+    SUMMARY_FILE,
+    Outcome,
+)
+from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 from .criteria import pts
 
-SCHEMA_VERSION = 2
-DECISION = "decision.json"
-SUMMARY = "summary.md"
-JUNIT = "junit.xml"
-PROMOTED = "promoted"
-MODEL_CARD = "README.md"
 #: What is copied from the winning variant into ``promoted/``.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "spectral_edit.json")
-#: Exit codes by outcome (SPEC §7).
-EXIT_CODES = {"PROMOTE": 0, "REJECT": 10, "INCONCLUSIVE": 11}
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    return path
-
-
-def read_decision(run_dir: Path) -> dict[str, Any]:
-    """The decision document of a run directory."""
-    path = Path(run_dir) / DECISION
-    if not path.is_file():
-        raise BadInput(f"{run_dir}: no {DECISION} (not a finished release-gate run directory)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    version = document.get("schema_version")
-    if version == 1:
-        raise BadInput(f"{path}: schema_version 1 was written by release-gate 0.1, whose large-sample tests could "
-                       "promote on a handful of flipped answers; run the gate again (`release-gate run CONFIG "
-                       "--resume` in this directory) to decide it with the exact tests")
-    if version != SCHEMA_VERSION:
-        raise BadInput(f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}")
-    return document
+ADAPTER_FILES = (CONFIG_FILE, SAFETENSORS_FILE, SIDECAR_FILE)
 
 
 def summary_markdown(document: dict[str, Any]) -> str:
@@ -136,26 +106,18 @@ def model_card(document: dict[str, Any]) -> str:
 
 def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any]) -> Path:
     """Write ``promoted/`` atomically: a temp dir filled and fsynced, then one rename."""
-    target = Path(run_dir) / PROMOTED
-    tmp = Path(run_dir) / f".{PROMOTED}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in ADAPTER_FILES:
-        if (Path(variant_dir) / name).is_file():
-            shutil.copy2(Path(variant_dir) / name, tmp / name)
-    write_text_atomic(tmp / MODEL_CARD, model_card(document))
-    withdraw(run_dir)
-    tmp.rename(target)
+    target = Path(run_dir) / PROMOTED_DIR
+    with atomic_directory(target) as tmp:
+        for name in ADAPTER_FILES:
+            if (Path(variant_dir) / name).is_file():
+                shutil.copy2(Path(variant_dir) / name, tmp / name)
+        (tmp / MODEL_CARD_FILE).write_text(model_card(document), encoding="utf-8")
     return target
 
 
 def withdraw(run_dir: Path) -> None:
-    """Remove a ``promoted/`` left by an earlier decision (rename first, so it vanishes at once)."""
-    target = Path(run_dir) / PROMOTED
-    if target.exists():
-        old = Path(run_dir) / f".{PROMOTED}.{os.getpid()}.old"
-        target.rename(old)
-        shutil.rmtree(old)
+    """Remove a ``promoted/`` left by an earlier decision (it vanishes at once)."""
+    remove_directory(Path(run_dir) / PROMOTED_DIR)
 
 
 def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[str, Path]) -> None:
@@ -166,10 +128,10 @@ def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[st
     any other outcome the decision lands first and the stale adapter goes after.
     """
     run_dir = Path(run_dir)
-    if document["outcome"] == "PROMOTE":
+    if document["outcome"] == Outcome.PROMOTE:
         promote(run_dir, variant_dirs[document["promoted"]["arm"]], document)
-    write_text_atomic(run_dir / DECISION, json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False))
-    if document["outcome"] != "PROMOTE":
+    write_json_atomic(run_dir / DECISION_FILE, document)
+    if document["outcome"] != Outcome.PROMOTE:
         withdraw(run_dir)
-    write_text_atomic(run_dir / SUMMARY, summary_markdown(document))
-    write_text_atomic(run_dir / JUNIT, junit_xml(document))
+    write_text_atomic(run_dir / SUMMARY_FILE, summary_markdown(document))
+    write_text_atomic(run_dir / JUNIT_FILE, junit_xml(document))

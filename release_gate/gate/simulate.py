@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .criteria import BASELINE
+from ..schema import BASELINE, Outcome
 from .decide import Decision, Design, run_gate
 from .rules import GateRule, TaskRule
 from .stats import wilson
@@ -103,10 +103,10 @@ class Tally:
 
     @property
     def promote_rate(self) -> float:
-        return self.outcomes["PROMOTE"] / max(self.gates, 1)
+        return self.outcomes[Outcome.PROMOTE] / max(self.gates, 1)
 
     def promote_interval(self) -> tuple[float, float]:
-        return wilson(self.outcomes["PROMOTE"], self.gates)
+        return wilson(self.outcomes[Outcome.PROMOTE], self.gates)
 
     @property
     def power(self) -> float:

@@ -16,12 +16,10 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..gate.decide import pts
+from ..gate.criteria import pts
+from ..schema import BASE, BASELINE, REWARD, rank_key
 from . import svg
 
-REWARD = "reward"
-BASELINE = "baseline"
-BASE = "base"
 #: Marker shapes by task position (the target reward first).
 SHAPES = ("circle", "square", "triangle", "diamond")
 #: How many categorical colour classes the stylesheet defines (``c0`` … ``c7``).
@@ -51,7 +49,7 @@ def criterion_index(document: Document) -> dict[tuple[str, str, str], dict[str, 
 def ranked_variants(document: Document) -> list[str]:
     """Variants in the gate's own order: highest reward, then smaller guard drop, then name."""
     variants = document["variants"]
-    return sorted(variants, key=lambda a: (-variants[a]["reward"], variants[a]["worst_guard_drop"], a))
+    return sorted(variants, key=lambda a: rank_key(variants[a]["reward"], variants[a]["worst_guard_drop"], a))
 
 
 def featured_arm(document: Document) -> str | None:

@@ -20,14 +20,22 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from ..files import read_json, read_jsonl, write_text_atomic
 from ..gate.decide import pts
-from ..gate.outputs import read_decision, write_text_atomic
+from ..schema import (
+    BASE,
+    BASELINE,
+    INSPECT_FILE,
+    ITEMS_DIR,
+    REPORT_FILE,
+    SIDECAR_FILE,
+    VARIANTS_DIR,
+    read_decision,
+)
 from . import plots
 
-REPORT = "report.html"
 TEMPLATE = "report.html.j2"
 SCRIPT = "report.js.j2"
-SIDECAR = "spectral_edit.json"
 #: Disagreeing items shown per variant per task (the full lists are in items/).
 EXAMPLES_PER_TASK = 3
 #: Criterion ids as column headings on the first screen.
@@ -38,7 +46,7 @@ def render_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's files; returns its path."""
     run_dir = Path(run_dir)
     document = read_decision(run_dir)
-    return write_text_atomic(run_dir / REPORT, render_html(run_dir, document))
+    return write_text_atomic(run_dir / REPORT_FILE, render_html(run_dir, document))
 
 
 def templates_dir() -> Path:
@@ -72,7 +80,7 @@ def render_html(run_dir: Path, document: Mapping[str, Any]) -> str:
 def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template shows, computed once here so the template only lays it out."""
     sidecars = load_sidecars(run_dir, document)
-    inspect = load_json(run_dir / "inspect.json")
+    inspect = read_json(run_dir / INSPECT_FILE)
     featured = plots.featured_arm(document)
     columns, rows = criteria_matrix(document)
     return {
@@ -93,22 +101,17 @@ def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
         "examples": item_examples(run_dir, document, featured),
         "look_plots": [plots.bounds_by_look(document, arm) for arm in plots.ranked_variants(document)
                        if plots.look_series(document, arm)] if len(document["design"]["looks"]) > 1 else [],
-        "adapter_vs_base": [c for c in document["comparisons"] if c["arm"] == "baseline" and c["reference"] == "base"],
+        "adapter_vs_base": [c for c in document["comparisons"] if c["arm"] == BASELINE and c["reference"] == BASE],
         "tests_used": tests_used(document),
         "calibration": index_ranges(document["provenance"].get("calibration_indices") or []),
         "timings": timing_rows(document["provenance"].get("timings") or {}),
     }
 
 
-def load_json(path: Path) -> dict[str, Any] | None:
-    """A JSON sidecar, or None when the run did not write it (the report then says so)."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def load_sidecars(run_dir: Path, document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``spectral_edit.json`` of every variant and control arm that has one, variants first."""
     arms = [*plots.arms_with_role(document, "variant"), *plots.arms_with_role(document, "control")]
-    found = {arm: load_json(run_dir / "variants" / arm / SIDECAR) for arm in arms}
+    found = {arm: read_json(run_dir / VARIANTS_DIR / arm / SIDECAR_FILE) for arm in arms}
     return {arm: sidecar for arm, sidecar in found.items() if sidecar and sidecar.get("modules")}
 
 
@@ -165,10 +168,7 @@ def tests_used(document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 def read_items(path: Path) -> dict[Any, dict[str, Any]]:
     """One stored per-item file keyed by doc_id (empty when absent)."""
-    if not path.is_file():
-        return {}
-    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {row["doc_id"]: row for row in rows}
+    return {row["doc_id"]: row for row in read_jsonl(path)} if path.is_file() else {}
 
 
 def disagreements(variant: Mapping[Any, Any], baseline: Mapping[Any, Any], metric: str, higher_is_better: bool,
@@ -195,8 +195,8 @@ def item_examples(run_dir: Path, document: Mapping[str, Any], featured: str | No
     out = []
     for arm in ordered:
         for task, spec in document["tasks"].items():
-            baseline = read_items(run_dir / "items" / plots.BASELINE / f"{task}.jsonl")
-            mine = read_items(run_dir / "items" / arm / f"{task}.jsonl")
+            baseline = read_items(run_dir / ITEMS_DIR / BASELINE / f"{task}.jsonl")
+            mine = read_items(run_dir / ITEMS_DIR / arm / f"{task}.jsonl")
             out.append({"arm": arm, "task": task, "metric": spec["metric"], "stored": len(mine) > 0,
                         "diffs": disagreements(mine, baseline, spec["metric"], spec["higher_is_better"],
                                                EXAMPLES_PER_TASK)})

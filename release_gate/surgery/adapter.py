@@ -7,43 +7,31 @@ vLLM load them exactly like the original.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..constants import DEFAULT_TARGETS, VLLM_MAX_LORA_RANK
 from ..errors import BadInput
-from ..hashing import file_sha256
+from ..files import atomic_directory, directory_sha256
 
-CONFIG_FILE = "adapter_config.json"
-SAFETENSORS_FILE = "adapter_model.safetensors"
-BIN_FILE = "adapter_model.bin"
+#: PEFT's own file names.
+CONFIG_FILE = CONFIG_NAME
+SAFETENSORS_FILE = SAFETENSORS_WEIGHTS_NAME
+BIN_FILE = WEIGHTS_NAME
 PEFT_PREFIX = "base_model.model."
-DEFAULT_TARGETS = ("o_proj", "down_proj")
-#: Every linear projection of a Llama-style block (a "seven-projection" LoRA).
-LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: The largest ``max_lora_rank`` vLLM supports (1, 8, 16, …, 320, 512).
-VLLM_MAX_LORA_RANK = 512
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-
-
-def pattern_key(pattern_keys: Iterable[str], key: str) -> str:
-    """PEFT's ``get_pattern_key``: the first pattern that matches a suffix of ``key``."""
-    for pattern in pattern_keys:
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return pattern
-    return key
 
 
 @dataclass
@@ -127,7 +115,7 @@ class LoraAdapter:
 def scaling(config: Mapping[str, Any], module_name: str, rank: int) -> float:
     """The LoRA scale PEFT uses for ``module_name``: alpha/r or alpha/√r (rsLoRA)."""
     alpha_pattern = config.get("alpha_pattern") or {}
-    alpha = alpha_pattern.get(pattern_key(alpha_pattern.keys(), module_name), config.get("lora_alpha", 8))
+    alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module_name), config.get("lora_alpha", 8))
     if config.get("use_rslora"):
         return float(alpha) / math.sqrt(rank)
     return float(alpha) / rank
@@ -135,7 +123,7 @@ def scaling(config: Mapping[str, Any], module_name: str, rank: int) -> float:
 
 def configured_rank(config: Mapping[str, Any], module_name: str) -> int:
     rank_pattern = config.get("rank_pattern") or {}
-    return int(rank_pattern.get(pattern_key(rank_pattern.keys(), module_name), config.get("r", 8)))
+    return int(rank_pattern.get(get_pattern_key(list(rank_pattern), module_name), config.get("r", 8)))
 
 
 def load_adapter(path: str | Path) -> LoraAdapter:
@@ -277,15 +265,6 @@ def check_module_shapes(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, in
             )
 
 
-def directory_sha256(path: Path, names: Iterable[str]) -> str:
-    """A content hash over the named files of a directory (name and bytes)."""
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(name.encode() + b"\0")
-        digest.update(file_sha256(path / name).encode())
-    return digest.hexdigest()
-
-
 def check_output_dir(out_dir: Path, protected: Iterable[Path], overwrite: bool) -> None:
     """Refuse an output that is, or is inside, an input; refuse to clobber by default."""
     out = Path(out_dir).resolve()
@@ -310,26 +289,9 @@ def write_adapter(
     The config is copied byte for byte so PEFT and vLLM see the same rank,
     alpha and target modules as the source adapter.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(Path(out_dir)) as tmp:
         (tmp / CONFIG_FILE).write_bytes(config_bytes)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / SAFETENSORS_FILE), {"format": "pt"})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
-        new.rename(target)
-        return
-    backup = target.with_name(f".{target.name}.old-{new.name.rsplit('.', 1)[-1]}")
-    target.rename(backup)
-    new.rename(target)
-    shutil.rmtree(backup, ignore_errors=True)
+    return Path(out_dir)

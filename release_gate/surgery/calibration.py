@@ -14,67 +14,58 @@ the device until the end (no per-module host syncs).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import BadInput
-from ..hashing import content_key, file_sha256
+from ..files import content_key, file_lock, file_sha256, write_bytes_atomic, write_json_atomic
+from ..validation import Count, Flag, Integer, NonNegativeInt, Section, Text
 from .adapter import LoraAdapter, check_module_shapes
 from .spectral import Spectrum
 
-TEMPLATES = ("raw", "chat")
 CACHE_VERSION = 1
 
+logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Where calibration examples come from and how they are turned into tokens.
+
+class CalibrationConfig(Section):
+    """Where calibration examples come from and how they are turned into tokens (the ``calibration:`` section).
 
     ``separator`` is inserted between prompt and answer in the ``raw``
     template; ``chat`` wraps the prompt (or all but the last of ``messages``)
     in the tokenizer's chat template with a generation prompt, as vLLM does.
-    ``exclude`` lists evaluation JSONL files the selected rows must not overlap.
     """
 
     file: Path
-    template: str = "raw"
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
-    messages_field: str = "messages"
-    separator: str = ""
-    n: int = 128
-    seed: int = 0
-    shuffle: bool = False
-    offset: int = 0
-    batch_size: int = 8
-    max_length: int = 1024
-    exclude: tuple[Path, ...] = ()
+    template: Literal["raw", "chat"] = "raw"
+    prompt_field: Text = "prompt"
+    answer_field: Text = "answer"
+    messages_field: Text = "messages"
+    separator: Text = ""
+    n: Count = 128
+    seed: Integer = 0
+    shuffle: Flag = False
+    offset: NonNegativeInt = 0
+    batch_size: Count = 8
+    max_length: Count = 1024
 
-    def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise BadInput(f"calibration.template: must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
-        for key in ("n", "batch_size", "max_length"):
-            if getattr(self, key) < 1:
-                raise BadInput(f"calibration.{key}: must be ≥ 1, got {getattr(self, key)}")
-        if self.offset < 0:
-            raise BadInput(f"calibration.offset: must be ≥ 0, got {self.offset}")
+    def __init__(self, file: Path | str | None = None, /, **values: Any) -> None:
+        """``CalibrationConfig(path, n=64)`` as well as ``CalibrationConfig(file=path, n=64)``."""
+        super().__init__(**({"file": file} if file is not None else {}), **values)
 
     def selection(self) -> dict[str, Any]:
         """The fields that decide which tokens are seen (part of the cache key)."""
-        out = asdict(self)
-        out.pop("file")
-        out.pop("batch_size")  # exact per-example values do not depend on batching
-        out.pop("exclude")  # a guard: it refuses rows, it never changes them
-        return out
+        return self.model_dump(mode="json", exclude={"file", "batch_size"})  # per-example values ignore batching
 
 
 @dataclass(frozen=True)
@@ -372,13 +363,11 @@ class Sensitivities:
         return self.per_example[name].mean(axis=0)
 
     def save(self, stem: Path) -> None:
-        """Write ``stem.safetensors`` + ``stem.json`` (tensors, then metadata last)."""
+        """Write ``stem.safetensors`` + ``stem.json`` atomically, tensors first: metadata marks a complete entry."""
         stem.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stem.with_name(stem.name + ".tmp")
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.per_example.items()},
-                  str(tmp.with_suffix(".safetensors")))
-        tmp.with_suffix(".safetensors").replace(stem.with_suffix(".safetensors"))
-        stem.with_suffix(".json").write_text(json.dumps(self.provenance, indent=1))
+        write_bytes_atomic(stem.with_suffix(".safetensors"), save(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.per_example.items()}))
+        write_json_atomic(stem.with_suffix(".json"), self.provenance)
 
     @classmethod
     def load(cls, stem: Path) -> Sensitivities | None:
@@ -471,8 +460,12 @@ def calibrate(
     cache_dir: Path,
     device: str = "auto",
     dtype: str = "auto",
+    exclude: Sequence[Path] = (),
 ) -> Sensitivities:
     """Sensitivities for ``spectra``'s modules, from the cache when the inputs match.
+
+    ``exclude`` lists evaluation JSONL files the selected rows must not overlap (a guard: it refuses
+    rows, it never changes them, so it is not part of the cache key).
 
     The cache key covers the adapter and calibration file contents, the base
     model's config, the selection and template, the modules and the dtype, so
@@ -480,15 +473,25 @@ def calibrate(
     """
     run_device, run_dtype = resolve_device(device, dtype)
     examples, indices = read_examples(cfg)
-    check_no_overlap(examples, cfg.exclude)
+    check_no_overlap(examples, exclude)
     data_sha = file_sha256(Path(cfg.file))
     parts = {
         "adapter": adapter.sha256, "base_model": _model_identity(base_model), "data": data_sha,
         "selection": cfg.selection(), "modules": sorted(spectra), "dtype": str(run_dtype),
     }
     stem = Path(cache_dir) / "sensitivity" / content_key({"version": CACHE_VERSION, **parts}, 32)
+    with file_lock(stem.with_suffix(".lock")):  # a second run on the same cache waits, then reads the result
+        return _cached_or_computed(stem, base_model, adapter, spectra, cfg, examples, indices, data_sha,
+                                   run_device, run_dtype)
+
+
+def _cached_or_computed(stem: Path, base_model: str, adapter: LoraAdapter, spectra: dict[str, Spectrum],
+                        cfg: CalibrationConfig, examples: list[Example], indices: list[int], data_sha: str,
+                        run_device: str, run_dtype: torch.dtype) -> Sensitivities:
     cached = Sensitivities.load(stem)
     if cached is not None and set(cached.per_example) == set(spectra):
+        logger.info("calibration: sensitivities of %d modules over %d examples from the cache", len(spectra),
+                    len(examples))
         cached.provenance["cache_hit"] = True
         return cached
     started = time.perf_counter()
@@ -511,6 +514,8 @@ def calibrate(
     }
     result = Sensitivities(per_example, provenance)
     result.save(stem)
+    logger.info("calibration: sensitivities of %d modules over %d examples in %.1f s", len(spectra), len(examples),
+                provenance["seconds"])
     result.provenance["cache_hit"] = False
     return result
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from ..constants import DEFAULT_TARGETS, EDIT_PACKAGES
 from ..errors import BadInput
+from ..files import package_versions
+from ..schema import SIDECAR_FILE
+from ..validation import Section
 from .adapter import (
-    DEFAULT_TARGETS,
     LoraAdapter,
     LoraModule,
     check_output_dir,
@@ -32,7 +34,6 @@ from .policies import ModuleSignal, Policy
 from .policy_files import resolve_policy
 from .spectral import Spectrum, rebuild_balanced, rebuild_gauge, thin_svd
 
-SIDECAR = "spectral_edit.json"
 SIDECAR_VERSION = 1
 REBUILDS = ("gauge", "balanced")
 
@@ -142,23 +143,8 @@ def sidecar(
         "calibration": calibration,
         "notes": variant.notes,
         "modules": [e.to_json() for e in variant.edits],
-        "versions": package_versions(),
+        "versions": package_versions(EDIT_PACKAGES),
     }
-
-
-#: What a variant's sidecar records the versions of.
-EDIT_PACKAGES = ("release-gate", "torch", "transformers", "peft", "safetensors", "numpy")
-
-
-def package_versions(names: Sequence[str] = EDIT_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``names`` (``not installed`` for the missing), for provenance records."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def write_variant(
@@ -169,28 +155,40 @@ def write_variant(
     document = sidecar(variant, adapter, base_model, sensitivities)
     return write_adapter(
         out_dir, adapter.config_bytes, variant.tensors,
-        {SIDECAR: json.dumps(document, indent=1, ensure_ascii=False)},
+        {SIDECAR_FILE: json.dumps(document, indent=1, ensure_ascii=False)},
     )
 
 
-@dataclass
-class EditRequest:
-    """Everything ``release-gate edit`` needs (the Python API mirrors the CLI)."""
+class EditSettings(Section):
+    """Which modules Spectral Surgery edits and how the factors are rebuilt (the run config's ``edit:``).
+
+    ``gauge`` keeps B bit-identical and rewrites A; ``balanced`` splits √σ' between them.
+    """
+
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    layers: tuple[int, ...] | None = None
+    rebuild: Literal["gauge", "balanced"] = "gauge"
+
+
+class EditRequest(Section):
+    """Everything ``release-gate edit`` needs (the Python API mirrors the CLI).
+
+    ``eval_data``: evaluation JSONL files the calibration rows must not overlap.
+    """
 
     base_model: str
     adapter: Path
     policy: str
     out: Path
     calibration: CalibrationConfig | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    layers: tuple[int, ...] | None = None
-    rebuild: str = "gauge"
+    overrides: dict[str, Any] = {}
+    settings: EditSettings = EditSettings()
     cache_dir: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
     overwrite: bool = False
     policy_dirs: tuple[Path, ...] = ()
+    eval_data: tuple[Path, ...] = ()
 
 
 def refine(
@@ -198,35 +196,35 @@ def refine(
     adapter: LoraAdapter,
     policies: list[Policy],
     out_dirs: dict[str, Path],
+    *,
     calibration: CalibrationConfig | None,
     cache_dir: Path,
-    targets: tuple[str, ...] = DEFAULT_TARGETS,
-    layers: tuple[int, ...] | None = None,
-    rebuild: str = "gauge",
+    settings: EditSettings | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    exclude: Sequence[Path] = (),
 ) -> list[tuple[Path, Variant]]:
     """Write one variant per policy arm, sharing one decomposition and one calibration.
 
     ``out_dirs`` maps each arm name (``policy.arms()``) to its directory.
-    Calibration runs only when some policy needs it; otherwise the base model
-    is shape-checked without loading its weights.
+    Calibration runs only when some policy needs it (its rows must not
+    overlap the ``exclude`` files); otherwise the base model is shape-checked
+    without loading its weights.
     """
-    if rebuild not in REBUILDS:
-        raise BadInput(f"rebuild: must be one of {', '.join(REBUILDS)}, got {rebuild!r}")
+    settings = settings or EditSettings()
     check_servable(adapter)
-    spectra = decompose(adapter.select(targets, layers))
+    spectra = decompose(adapter.select(settings.targets, settings.layers))
     sensitivities = None
     if any(p.needs_calibration for p in policies):
         if calibration is None:
             needy = next(p.name for p in policies if p.needs_calibration)
             raise BadInput(f"policy {needy!r} needs calibration data: pass --calibration FILE")
-        sensitivities = calibrate(base_model, adapter, spectra, calibration, cache_dir, device, dtype)
+        sensitivities = calibrate(base_model, adapter, spectra, calibration, cache_dir, device, dtype, exclude)
     else:
         check_base_model(base_model, adapter)
     written = []
     for policy in policies:
-        variant = make_variant(adapter, spectra, policy, sensitivities, rebuild)
+        variant = make_variant(adapter, spectra, policy, sensitivities, settings.rebuild)
         used = sensitivities if policy.needs_calibration else None
         written.append((write_variant(variant, adapter, out_dirs[policy.name], base_model, used), variant))
     return written
@@ -244,8 +242,8 @@ def edit(request: EditRequest) -> tuple[Path, Variant]:
     adapter = load_adapter(request.adapter)
     check_output_dir(request.out, [request.adapter], request.overwrite)
     [(out, variant)] = refine(
-        request.base_model, adapter, [policy], {policy.name: request.out}, request.calibration,
-        request.cache_dir or default_cache_dir(), request.targets, request.layers, request.rebuild,
-        request.device, request.dtype,
+        request.base_model, adapter, [policy], {policy.name: request.out}, calibration=request.calibration,
+        cache_dir=request.cache_dir or default_cache_dir(), settings=request.settings, device=request.device,
+        dtype=request.dtype, exclude=request.eval_data,
     )
     return out, variant

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import typing
-from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..constants import CONTROL_SEEDS
+from ..validation import Flag, Fraction, NonNegative, NonNegativeInt, Number, Section, check, explain
 
 #: Denominator floor of the within-module normalizations (SPEC §4).
 NORM_FLOOR = 1e-8
@@ -24,7 +28,7 @@ NORM_FLOOR = 1e-8
 ZERO_SIGMA_RTOL = 1e-10
 #: A spread of normalized magnitudes below this counts as "all equal".
 DEGENERATE_RANGE = 1e-12
-ENERGY_NORMS = ("l1", "l2", "none")
+EnergyNorm = Literal["l1", "l2", "none"]
 
 
 class InvalidParameter(ValueError):
@@ -74,9 +78,11 @@ POLICY_KINDS: dict[str, type[Policy]] = {}
 
 
 def register(kind: str):
-    """Class decorator adding a policy dataclass to :data:`POLICY_KINDS`."""
+    """Class decorator adding a policy model to :data:`POLICY_KINDS`; a kind is registered once."""
 
     def wrap(cls: type[Policy]) -> type[Policy]:
+        if kind in POLICY_KINDS and POLICY_KINDS[kind] is not cls:
+            raise ValueError(f"policy kind {kind!r} is already registered by {POLICY_KINDS[kind].__module__}")
         cls.kind = kind
         POLICY_KINDS[kind] = cls
         return cls
@@ -84,25 +90,25 @@ def register(kind: str):
     return wrap
 
 
-@dataclass(frozen=True)
-class Policy:
+def _invalid(key: str, message: str, *related: str) -> PydanticCustomError:
+    """A cross-parameter error that still names its key (see :func:`build_policy`)."""
+    return PydanticCustomError("parameter", "{key}: {message}", {"key": key, "message": message, "related": related})
+
+
+class Policy(Section):
     """Parameters shared by every policy: how the edited spectrum is bounded.
 
     ``sigma_clip_min`` floors every edited σ'; ``preserve_energy`` rescales
-    σ' to the source's l1 (Σσ) or l2 (‖σ‖) norm, or not at all.
+    σ' to the source's l1 (Σσ) or l2 (‖σ‖) norm, or not at all. The defaults of
+    every parameter are declared here, on the model, once.
     """
 
     name: str = ""
-    preserve_energy: str = "l1"
-    sigma_clip_min: float = 0.0
+    preserve_energy: EnergyNorm = "l1"
+    sigma_clip_min: NonNegative = 0.0
 
     kind: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        if self.preserve_energy not in ENERGY_NORMS:
-            raise InvalidParameter("preserve_energy", f"must be one of {', '.join(ENERGY_NORMS)}")
-        _non_negative(self, "sigma_clip_min")
 
     def raw_alpha(self, signal: ModuleSignal) -> tuple[np.ndarray, str | None]:
         """Per-component scales before clip/energy, and a note when degenerate."""
@@ -118,33 +124,7 @@ class Policy:
 
     def parameters(self) -> dict[str, Any]:
         """Every parameter, for sidecars and listings (JSON-friendly)."""
-        out: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-
-def _non_negative(policy: Policy, *keys: str) -> None:
-    for key in keys:
-        if getattr(policy, key) < 0:
-            raise InvalidParameter(key, f"must be ≥ 0, got {getattr(policy, key)}")
-
-
-def _fraction(policy: Policy, *keys: str) -> None:
-    for key in keys:
-        value = getattr(policy, key)
-        if not 0.0 <= value <= 1.0:
-            raise InvalidParameter(key, f"must be a fraction in [0, 1], got {value}")
-
-
-def _factors(policy: Policy) -> None:
-    """amp/sup/mid factors are non-negative and amplification is not below suppression."""
-    _non_negative(policy, "amp_factor", "sup_factor", "mid_factor")
-    if policy.amp_factor < policy.sup_factor:
-        raise InvalidParameter(
-            "amp_factor", f"must be ≥ sup_factor ({policy.amp_factor} < {policy.sup_factor})", ("sup_factor",)
-        )
+        return {"kind": self.kind, **self.model_dump(mode="json")}
 
 
 def finalize(
@@ -199,22 +179,21 @@ def _require(signal: ModuleSignal, attr: str, policy: Policy) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-@dataclass(frozen=True)
 class _ThreeLevel(Policy):
     """Shared parameters of the hard-selection policies (core / mid / noise)."""
 
-    core_frac: float = 0.2
-    noise_frac: float = 0.2
-    amp_factor: float = 1.25
-    sup_factor: float = 0.80
-    mid_factor: float = 1.0
-    min_core_k: int = 1
+    core_frac: Fraction = 0.2
+    noise_frac: Fraction = 0.2
+    amp_factor: NonNegative = 1.25
+    sup_factor: NonNegative = 0.80
+    mid_factor: NonNegative = 1.0
+    min_core_k: NonNegativeInt = 1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _fraction(self, "core_frac", "noise_frac")
-        _non_negative(self, "min_core_k")
-        _factors(self)
+    @model_validator(mode="after")
+    def _amplification_above_suppression(self) -> _ThreeLevel:
+        if self.amp_factor < self.sup_factor:
+            raise _invalid("amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", "sup_factor")
+        return self
 
     def counts(self, r: int) -> tuple[int, int]:
         """``(k_core, k_noise)`` with Python ``round`` as in the reference code."""
@@ -230,7 +209,6 @@ class _ThreeLevel(Policy):
 
 
 @register("abs_select")
-@dataclass(frozen=True)
 class AbsSelect(_ThreeLevel):
     """Amplify the k_core most sensitive components, suppress the k_noise least.
 
@@ -249,7 +227,6 @@ class AbsSelect(_ThreeLevel):
 
 
 @register("random_index")
-@dataclass(frozen=True)
 class RandomIndex(_ThreeLevel):
     """Matched random control: abs_select's counts and factors, random indices.
 
@@ -258,21 +235,22 @@ class RandomIndex(_ThreeLevel):
     arms; ``seed`` picks one of them.
     """
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = CONTROL_SEEDS
     seed: int | None = None
 
     needs_calibration: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    @model_validator(mode="after")
+    def _some_seed(self) -> RandomIndex:
         if not self.seeds:
-            raise InvalidParameter("seeds", "needs at least one seed")
+            raise _invalid("seeds", "needs at least one seed")
+        return self
 
     def arms(self) -> list[Policy]:
         if self.seed is not None:
             return [self]
         base = self.name or self.kind
-        return [replace(self, seed=s, name=f"{base}@{s}") for s in self.seeds]
+        return [self.model_copy(update={"seed": s, "name": f"{base}@{s}"}) for s in self.seeds]
 
     def raw_alpha(self, signal: ModuleSignal) -> tuple[np.ndarray, str | None]:
         r = signal.rank
@@ -290,7 +268,6 @@ def module_seed(seed: int, module: str) -> int:
 
 
 @register("smooth_abs")
-@dataclass(frozen=True)
 class SmoothAbs(Policy):
     """Sigmoid gate on normalized ``|g|`` between sup_factor and amp_factor.
 
@@ -299,27 +276,24 @@ class SmoothAbs(Policy):
     ``μ`` so that the gate equals ``mid_factor`` at the center quantile.
     """
 
-    core_frac: float = 0.2
-    noise_frac: float = 0.2
-    amp_factor: float = 1.25
-    sup_factor: float = 0.80
-    mid_factor: float = 1.0
-    temperature: float = 0.35
-    center_q: float = 0.5
-    align_mid: bool = True
+    core_frac: Fraction = 0.2
+    noise_frac: Fraction = 0.2
+    amp_factor: NonNegative = 1.25
+    sup_factor: NonNegative = 0.80
+    mid_factor: NonNegative = 1.0
+    temperature: Annotated[Number, check(lambda v: v > 0, "must be > 0")] = 0.35
+    center_q: Fraction = 0.5
+    align_mid: Flag = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _fraction(self, "core_frac", "noise_frac", "center_q")
-        _factors(self)
-        if self.temperature <= 0:
-            raise InvalidParameter("temperature", f"must be > 0, got {self.temperature}")
+    @model_validator(mode="after")
+    def _consistent_factors(self) -> SmoothAbs:
+        if self.amp_factor < self.sup_factor:
+            raise _invalid("amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", "sup_factor")
         aligned = self.align_mid and self.amp_factor > self.sup_factor
         if aligned and not self.sup_factor < self.mid_factor < self.amp_factor:
-            raise InvalidParameter(
-                "mid_factor", "must lie strictly between sup_factor and amp_factor when align_mid",
-                ("sup_factor", "amp_factor", "align_mid"),
-            )
+            raise _invalid("mid_factor", "must lie strictly between sup_factor and amp_factor when align_mid",
+                           "sup_factor", "amp_factor", "align_mid")
+        return self
 
     def raw_alpha(self, signal: ModuleSignal) -> tuple[np.ndarray, str | None]:
         x = normalized_magnitudes(_require(signal, "mean_abs", self))
@@ -342,7 +316,6 @@ class SmoothAbs(Policy):
 
 
 @register("grad_direction")
-@dataclass(frozen=True)
 class GradDirection(Policy):
     """Signed multiplicative update ``σ' = σ·exp(−g_eff)`` (a gradient step on log σ).
 
@@ -351,17 +324,11 @@ class GradDirection(Policy):
     alignment-tax collapse, which is why the gate exists.
     """
 
-    asymmetric: bool = True
-    eta_suppress: float = 2.0
-    eta_enhance: float = 0.2
-    power: float = 1.0
-    eta: float = 0.2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _non_negative(self, "eta_suppress", "eta_enhance", "eta")
-        if self.power <= 0:
-            raise InvalidParameter("power", f"must be > 0, got {self.power}")
+    asymmetric: Flag = True
+    eta_suppress: NonNegative = 2.0
+    eta_enhance: NonNegative = 0.2
+    power: Annotated[Number, check(lambda v: v > 0, "must be > 0")] = 1.0
+    eta: NonNegative = 0.2
 
     def raw_alpha(self, signal: ModuleSignal) -> tuple[np.ndarray, str | None]:
         g = normalized_signed(_require(signal, "mean_signed", self))
@@ -383,46 +350,17 @@ def build_policy(kind: str, params: dict[str, Any], name: str = "") -> Policy:
     if kind not in POLICY_KINDS:
         raise InvalidParameter("kind", f"unknown policy kind {kind!r} (known: {', '.join(sorted(POLICY_KINDS))})")
     cls = POLICY_KINDS[kind]
-    hints = typing.get_type_hints(cls)
-    allowed = {f.name for f in fields(cls)} - {"name"}
-    values: dict[str, Any] = {}
-    for key, raw in params.items():
-        if key not in allowed:
-            raise InvalidParameter(key, f"unknown parameter for {kind} (known: {', '.join(sorted(allowed))})")
-        values[key] = _coerce(key, raw, hints[key])
-    return cls(name=name or kind, **values)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check a YAML value against a dataclass field type (bool/int/float/str/tuple)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union or (origin is not None and type(None) in args):
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise InvalidParameter(key, f"must be a list, got {value!r}")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InvalidParameter(key, f"must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidParameter(key, f"must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidParameter(key, f"must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise InvalidParameter(key, f"must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported parameter type {hint!r} for {key}")  # pragma: no cover
+    if "name" in params:
+        raise InvalidParameter("name", "is the policy's name, not a parameter")
+    try:
+        return cls.model_validate({**params, "name": name or kind})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "parameter":
+            ctx = error["ctx"]
+            raise InvalidParameter(ctx["key"], ctx["message"], tuple(ctx["related"])) from None
+        location, message = explain(error, cls)
+        raise InvalidParameter(str(location[0]) if location else "params", f"{message} (for {kind})") from None
 
 
 __all__ = [
@@ -437,6 +375,7 @@ __all__ = [
     "SmoothAbs",
     "build_policy",
     "finalize",
+    "register",
     "module_seed",
     "normalized_magnitudes",
     "normalized_signed",

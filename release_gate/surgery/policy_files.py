@@ -1,22 +1,29 @@
-"""Policies as data: ``policies/*.yaml`` files → :class:`~.policies.Policy` objects.
+"""Policies as data: ``policies/*.yaml`` files → :class:`~.policies.Policy` models.
 
 A policy file has ``name``, ``kind`` (a registered kind), an optional
-``description`` and ``params``. Users add a policy by adding a file (or a
-directory of them) and override parameters per run; precedence is
-kind defaults < policy file < overrides.
+``description`` and ``params``. Parameter defaults live on the policy models
+(:mod:`.policies`), once; a file states only what differs from them, and a
+run config may override parameters again: precedence is kind defaults <
+policy file < overrides. Third-party packages add kinds through the
+``release_gate.policies`` entry-point group (loading the entry point
+registers the kind).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import PrivateAttr
+
 from ..errors import BadInput
-from ..yamlio import load_mapping
+from ..validation import Name, Section, Text, validate
+from ..yamlio import load_document
 from .policies import InvalidParameter, Policy, build_policy
 
-POLICY_FILE_KEYS = {"name", "kind", "description", "params"}
+ENTRY_POINT_GROUP = "release_gate.policies"
 
 
 def builtin_policy_dir() -> Path:
@@ -28,19 +35,31 @@ def builtin_policy_dir() -> Path:
     raise FileNotFoundError("the built-in policies/ directory is missing from the installation")
 
 
-@dataclass(frozen=True)
-class PolicyFile:
-    """One parsed policy file (validated on :meth:`build`)."""
+@functools.cache
+def load_plugin_kinds() -> tuple[str, ...]:
+    """Import every ``release_gate.policies`` entry point once (each registers its policy kind)."""
+    loaded = []
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_point.load()
+        loaded.append(entry_point.name)
+    return tuple(loaded)
 
-    name: str
-    kind: str
-    params: dict[str, Any]
-    source: Path
-    description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+class PolicyFile(Section):
+    """One policy file, validated at load (parameters are checked when the policy is built)."""
+
+    name: Name
+    kind: Text
+    description: Text = ""
+    params: dict[str, Any] = {}
+    _source: Path = PrivateAttr(default=Path())
+
+    @property
+    def source(self) -> Path:
+        return self._source
 
     def build(self, overrides: dict[str, Any] | None = None, origin: str = "") -> Policy:
-        """The policy with ``overrides`` applied; errors name the key and file."""
+        """The policy with ``overrides`` applied; errors name the key and the file (or the override's origin)."""
         merged = {**self.params, **(overrides or {})}
         try:
             return build_policy(self.kind, merged, name=self.name)
@@ -51,20 +70,9 @@ class PolicyFile:
 
 
 def read_policy_file(path: Path) -> PolicyFile:
-    data = load_mapping(path)
-    unknown = sorted(set(data) - POLICY_FILE_KEYS)
-    if unknown:
-        raise BadInput(f"{path}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(POLICY_FILE_KEYS))})")
-    for key in ("name", "kind"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise BadInput(f"{path}: key {key!r} is required and must be a string")
-    params = data.get("params") or {}
-    if not isinstance(params, dict):
-        raise BadInput(f"{path}: key 'params' must be a mapping")
-    policy_file = PolicyFile(
-        name=data["name"], kind=data["kind"], params=params, source=Path(path),
-        description=str(data.get("description", "")),
-    )
+    policy_file = validate(PolicyFile, load_document(path))
+    policy_file._source = Path(path)
+    load_plugin_kinds()
     policy_file.build()  # validate eagerly so a broken file fails at load time
     return policy_file
 

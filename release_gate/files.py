@@ -1,0 +1,189 @@
+"""Every file the project writes or reads back: atomic writes, JSONL, content hashes, locks, versions.
+
+One implementation of each, used by every layer: a reader never sees a half-written file or
+directory (write to a temporary name beside the target, fsync, rename), a cache key means the same
+thing everywhere, and two processes sharing a cache serialize through the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+# --- names that become paths ------------------------------------------------------------------------------
+
+#: A user-given name (policy, arm, task, release) used as one path segment: ASCII letters, digits and
+#: ``. _ - + @``, not starting with ``.`` or ``-``, at most 100 characters. No ``/``, ``..``, NUL, spaces,
+#: markup or look-alike letters can pass, so a name can never reach outside its directory.
+PATH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@-]{0,99}")
+SEGMENT_RULE = "ASCII letters, digits and . _ - + @, not starting with . or -, at most 100 characters"
+
+
+def is_path_segment(name: object) -> bool:
+    return isinstance(name, str) and PATH_SEGMENT.fullmatch(name) is not None and ".." not in name
+
+
+def path_segment(name: str, what: str) -> str:
+    """``name`` unchanged when it is safe as one path segment, else :class:`BadInput` (names are data)."""
+    if not is_path_segment(name):
+        raise BadInput(f"{what} {name!r} cannot name a file or directory: use {SEGMENT_RULE}")
+    return name
+
+
+def child(directory: Path, name: str, what: str) -> Path:
+    """``directory / name`` for a user-given ``name`` checked by :func:`path_segment`."""
+    return Path(directory) / path_segment(name, what)
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and one rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, document: Any, indent: int | None = 1) -> Path:
+    """JSON without NaN/Infinity (not JSON), non-ASCII kept readable."""
+    return write_text_atomic(path, json.dumps(document, indent=indent, ensure_ascii=False, allow_nan=False))
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target`` at once.
+
+    An existing ``target`` is renamed aside first and removed after the swap, so a reader sees the old
+    directory or the new one, never a mixture; on any error the temporary directory is removed and
+    ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        old = _aside(target)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_directory(target: Path) -> None:
+    """Remove ``target`` so that it vanishes at once (rename aside, then delete)."""
+    old = _aside(Path(target))
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _aside(target: Path) -> Path | None:
+    if not target.exists():
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / target.name)
+    return old
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The JSON values of a JSONL file's non-blank lines (``json.JSONDecodeError`` on a damaged line)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file's value, or None when the file is absent."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# --- content hashes --------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_sha256(path: Path, names: Iterable[str]) -> str:
+    """A content hash over the named files of a directory (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0")
+        digest.update(file_sha256(Path(path) / name).encode())
+    return digest.hexdigest()
+
+
+def content_key(payload: Any, length: int = 16) -> str:
+    """A short, stable key for a JSON-serializable payload (sorted keys; ``str`` for the rest)."""
+    blob = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# --- processes sharing files -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed), released on exit or process death."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of ``names`` (``not installed`` for the missing), for provenance records."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,93 @@
+"""The run directory and ``decision.json``: one definition the gate writes and every reader imports.
+
+The report, ``summary.md``/``junit.xml``, the vLLM resolver and ``serve-args`` read what the gate
+wrote; file names, arm roles, outcomes, statuses, the schema version and the ranking of variants are
+declared here once, so a schema change cannot silently break a reader (docs/run-directory.md).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+#: Version of ``decision.json``; readers refuse any other.
+SCHEMA_VERSION = 2
+
+DECISION_FILE = "decision.json"
+SUMMARY_FILE = "summary.md"
+JUNIT_FILE = "junit.xml"
+REPORT_FILE = "report.html"
+INSPECT_FILE = "inspect.json"
+RUN_CONFIG_FILE = "config.yaml"
+RUN_MARKER = ".release-gate-run"
+VARIANTS_DIR = "variants"
+ITEMS_DIR = "items"
+PROMOTED_DIR = "promoted"
+MODEL_CARD_FILE = "README.md"
+#: The per-variant record of a spectral edit (beside the adapter files).
+SIDECAR_FILE = "spectral_edit.json"
+
+#: Arm names with a fixed meaning.
+BASE = "base"
+BASELINE = "baseline"
+#: The reference arm standing for all random controls together (criterion 2 with ``reference: mean``).
+CONTROL_MEAN = "random_index"
+#: The policy kind of the random controls, and the ``task`` of the weighted target reward.
+CONTROL_POLICY = "random_index"
+REWARD = "reward"
+
+
+class Outcome(StrEnum):
+    PROMOTE = "PROMOTE"
+    REJECT = "REJECT"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+#: Exit codes by outcome (SPEC §7).
+EXIT_CODES = {Outcome.PROMOTE: 0, Outcome.REJECT: 10, Outcome.INCONCLUSIVE: 11}
+
+
+class Role(StrEnum):
+    BASE = "base"
+    BASELINE = "baseline"
+    VARIANT = "variant"
+    CONTROL = "control"
+
+
+class Status(StrEnum):
+    """Where a variant's evaluation ended (see :mod:`release_gate.gate.decide`)."""
+
+    EVALUATING = "evaluating"
+    PASSED = "passed"
+    FUTILE = "futile"
+    COLLAPSED = "collapsed"
+    OUTRANKED = "outranked"
+    FINAL = "final"
+
+
+def rank_key(reward: float, worst_guard_drop: float, arm: str) -> tuple[float, float, str]:
+    """The gate's order of variants: highest reward first, ties to the smaller guard drop, then the name."""
+    return (-reward, worst_guard_drop, arm)
+
+
+def read_decision(run_dir: Path) -> dict[str, Any]:
+    """The decision document of a run directory, refused with one clear message when it is not current."""
+    path = Path(run_dir) / DECISION_FILE
+    if not path.is_file():
+        raise BadInput(f"{run_dir}: no {DECISION_FILE} (not a finished release-gate run directory)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version == 1:
+        raise BadInput(f"{path}: schema_version 1 was written by release-gate 0.1, whose large-sample tests could "
+                       "promote on a handful of flipped answers; run the gate again (`release-gate run CONFIG "
+                       "--resume` in this directory) to decide it with the exact tests")
+    if version != SCHEMA_VERSION:
+        raise BadInput(f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}")
+    return document
