@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 _MANIFEST_FORMAT = 1
 _MANIFEST = "manifest.json"
 _MODEL_NAME = "SmolLM2-135M-Instruct"
+#: The Hub ids of the packaged models, by folder name (model cards name the base model by it, never by a path).
+HUB_IDS = {_MODEL_NAME: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ class ControlsSection(Section):
                                                       "compares against it)"),
                      check(lambda s: len(set(s)) == len(s), "must not repeat a seed")] = CONTROL_SEEDS
     reference: Annotated[Text, check(lambda r: r in ("mean", "each"), "must be mean or each")] = "mean"
+    #: random_index parameters (counts, factors, energy) so the control matches the variants it judges:
+    #: a variant that amplifies half its components ×3 is compared with random halves ×3, not the paper's 20% ×1.25.
+    params: Annotated[dict[str, Any], check(lambda p: "seeds" not in p and "seed" not in p,
+                                            "seeds are set by controls.seeds")] = {}
 
 
 class ServerSection(Section):
@@ -95,6 +99,28 @@ class TaskSection(Section):
     limit: Count | None = None
     num_fewshot: NonNegativeInt | None = None
     max_gen_toks: Count | None = None
+    chat_template: Annotated[Flag | None, Field(description="render this task's prompts with the model's chat "
+                                                            "template (default: evaluation.chat_template)")] = None
+
+
+class MlflowSection(Section):
+    """Record every run in MLflow: parameters, per-arm per-task scores, the decision, the outputs as artifacts;
+    on PROMOTE, a new version of ``registered_model`` (if set) with the alias ``alias`` (a model registry
+    alias maps onto "the adapter the gate last promoted")."""
+
+    tracking_uri: Text | None = Field(None, description="MLflow tracking URI or a local directory (relative to "
+                                                        "the config); default $MLFLOW_TRACKING_URI")
+    experiment: Text = "release-gate"
+    run_name: Text | None = None
+    registered_model: Text | None = None
+    alias: Text = "champion"
+    tags: dict[str, Text] = {}
+
+
+class TrackingSection(Section):
+    """Experiment tracking (optional; ``pip install 'release-gate[mlflow]'``)."""
+
+    mlflow: MlflowSection | None = None
 
 
 class PolicyEntry(Section):
@@ -138,6 +164,7 @@ class RunConfig(Section):
     targets: tuple[TaskSection, ...] = ()
     guards: tuple[TaskSection, ...] = ()
     gate: GateRule = GateRule()
+    tracking: TrackingSection = TrackingSection()
     allow_code_execution: Flag = False
     cache_dir: Text | None = None
     device: Text = "auto"
@@ -170,6 +197,7 @@ class RunConfig(Section):
             "targets": [t.model_dump(mode="json") for t in self.targets],
             "guards": [t.model_dump(mode="json") for t in self.guards],
             "gate": self.gate.model_dump(mode="json", exclude_unset=True),
+            "tracking": self.tracking.model_dump(mode="json"),
             "allow_code_execution": self.allow_code_execution, "cache_dir": self.cache_dir, "device": self.device,
             "dtype": self.dtype,
         }
@@ -230,9 +258,14 @@ def check_config(config: RunConfig) -> None:
             if section == "guards" and (entry.max_drop is None or entry.max_drop < 0):
                 raise ConfigError((section, i, "max_drop"), "the alignment-tax budget must be a number ≥ 0, got "
                                                             f"{entry.max_drop}")
-    if config.evaluation.server is not None and config.evaluation.chat_template:
-        raise ConfigError(("evaluation", "chat_template"), "not supported with evaluation.server (the server mode "
-                                                           "scores raw completions); drop one of the two")
+    if config.evaluation.server is not None:
+        chat = [(("evaluation", "chat_template"), config.evaluation.chat_template)] + [
+            ((section, i, "chat_template"), entry.chat_template) for section, entries in
+            (("targets", config.targets), ("guards", config.guards)) for i, entry in enumerate(entries)]
+        for location, on in chat:
+            if on:
+                raise ConfigError(location, "not supported with evaluation.server (the server mode scores raw "
+                                            "completions); drop one of the two")
 
 
 def resolve_input(config_path: Path, value: str) -> str:
@@ -258,6 +291,12 @@ def _resolve_paths(config_path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(calibration, dict) and isinstance(calibration.get("file"), str):
         data["calibration"] = {**calibration, "file": resolve_input(config_path, calibration["file"])}
     evaluation = data.get("evaluation")
+    tracking = data.get("tracking")
+    mlflow = tracking.get("mlflow") if isinstance(tracking, dict) else None
+    if isinstance(mlflow, dict) and isinstance(mlflow.get("tracking_uri"), str) and "://" not in mlflow["tracking_uri"]:
+        local = Path(os.path.expanduser(os.path.expandvars(mlflow["tracking_uri"])))
+        local = local if local.is_absolute() else config_path.parent / local
+        data["tracking"] = {**tracking, "mlflow": {**mlflow, "tracking_uri": local.resolve().as_uri()}}
     if isinstance(evaluation, dict) and evaluation.get("include_path") is not None:
         paths = evaluation["include_path"]
         paths = paths if isinstance(paths, list) else [paths]

@@ -23,10 +23,13 @@ JUNIT_FILE = "junit.xml"
 REPORT_FILE = "report.html"
 INSPECT_FILE = "inspect.json"
 RUN_CONFIG_FILE = "config.yaml"
+TRACKING_FILE = "tracking.json"
 RUN_MARKER = ".release-gate-run"
 VARIANTS_DIR = "variants"
 ITEMS_DIR = "items"
 PROMOTED_DIR = "promoted"
+#: Per-arm results and samples in lm-eval's own layout (``lm_eval/<arm>/results_<date>.json``).
+LM_EVAL_DIR = "lm_eval"
 MODEL_CARD_FILE = "README.md"
 #: The per-variant record of a spectral edit (beside the adapter files).
 SIDECAR_FILE = "spectral_edit.json"

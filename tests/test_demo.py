@@ -7,12 +7,13 @@ The test runs the demo's own code path with smaller slices (the default sizes ta
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from release_gate.assets import default_cache_dir
 from release_gate.cli import main
-from release_gate.demo import DemoSize, run_demo
+from release_gate.embedded_demo import DEMO_CONTROL_PARAMS, DEMO_POLICIES, DemoSize, run_demo
 from release_gate.schema import EXIT_CODES
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -24,20 +25,23 @@ def _stored() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in (default_cache_dir() / "items").rglob("*") if p.is_file()}
 
 
-def test_demo_runs_the_gate_and_reruns_from_cache(tmp_path, capsys):
+def test_demo_runs_the_gate_and_reruns_from_cache(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="release_gate")
     out = tmp_path / "demo"
     first = run_demo(out, size=SMALL)
     decision = json.loads((out / "decision.json").read_text())
     assert first.exit_code == EXIT_CODES[decision["outcome"]]
-    assert set(decision["arms"]) == {"base", "baseline", "abs_select", "smooth_abs", "grad_direction",
-                                     "random_index@0", "random_index@1", "random_index@2"}
-    assert decision["tasks"]["commonsense_qa_heldout"]["role"] == "target"
+    assert set(decision["arms"]) == {"base", "baseline", *DEMO_POLICIES, "random_index@0", "random_index@1",
+                                     "random_index@2"}
+    assert decision["arms"]["random_index@0"]["policy"]["amp_factor"] == DEMO_CONTROL_PARAMS["amp_factor"]
+    assert decision["tasks"]["commonsense_qa_gen_heldout"]["role"] == "target"
     assert decision["tasks"]["ifeval"]["role"] == "guard"
     for name in ("report.html", "summary.md", "junit.xml", "inspect.json", "config.yaml"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "inspect.json").read_text())["n_modules"] == 210
-    printed = capsys.readouterr().out
-    assert "cross-layer alignment" in printed and "plan: target commonsense_qa_heldout" in printed
+    assert json.loads((out / "inspect.json").read_text())["n_modules"] == 60
+    logged = caplog.text
+    assert "cross-layer alignment" in logged and "plan: target commonsense_qa_gen_heldout" in logged
+    assert "demo adapter: r 8" in logged and "demo policies: abs_select_strong" in logged
 
     stored = _stored()
     second = run_demo(out, size=SMALL)  # cached: same adapter, calibration and scores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -167,10 +168,11 @@ def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, mon
 def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
     base = stack["arms"]["base"]
     lm = SharedEngineLM(stack["engine"], base)
-    tasks = [resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=2, max_gen_toks=16), stack["manager"])]
+    request = TaskRequest("ifeval", "prompt_level_strict_acc", limit=2, max_gen_toks=16)
     store = ItemStore(stack["root"] / "chat")
-    evaluate(lm, [base], tasks, store)
-    evaluate(lm, [base], tasks, store, chat_template=True)  # must not reuse the plain items
+    evaluate(lm, [base], [resolve_task(request, stack["manager"])], store)
+    chat = resolve_task(dataclasses.replace(request, chat_template=True), stack["manager"])
+    evaluate(lm, [base], [chat], store)  # must not reuse the plain items
     stored = {path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
               for path in store.root.rglob("ifeval-*/*.jsonl")}
     assert len(stored) == 2

@@ -23,6 +23,7 @@ from statsmodels.stats.multitest import multipletests
 
 from release_gate.gate import boundaries, simulate, stats
 from release_gate.gate.decide import decide
+from release_gate.gate.evidence import judge
 from release_gate.gate.margin import MarginTest, _table, margin_lower_bound, margin_p_value, tango_z
 from release_gate.gate.permutation import PairedData, PermutationTest, null_distribution
 from release_gate.gate.rules import GateRule, TaskRule
@@ -496,3 +497,21 @@ def test_power_at_twice_the_mde(simulated) -> None:
     assert fixed.power >= 0.80, fixed.line()
     assert sequential.power >= 0.75, sequential.line()
     assert sequential.mean_items < fixed.mean_items
+
+
+def test_rounding_in_the_seed_mean_is_not_an_improvement() -> None:
+    """Found by the demo: a variant tied with the seed mean of three controls showed Δ = +2.5e-17, passed on
+    point estimates and made the run INCONCLUSIVE with advice to score 3.9e34 items."""
+    rng = np.random.default_rng(0)
+    n = 381
+    controls = rng.integers(0, 2, (n, 3)).astype(float)
+    tied = np.zeros(n)
+    tied[rng.choice(n, int(round(controls.mean(axis=1).sum())), replace=False)] = 1.0
+    assert judge(PairedData.of(tied, controls, np.full(n, 1 / n), np.zeros(n))).delta > 0.0  # the rounding
+    baseline = controls[:, 0].copy()
+    scores = {"baseline": {"t": baseline}, **{c: {"t": controls[:, i]} for i, c in enumerate(CONTROLS)},
+              "grad_direction": {"t": tied}}
+    d = decide(scores, TARGETS, [], GateRule(sequential=False), ["grad_direction"], CONTROLS)
+    beats_control = d.verdicts["grad_direction"].criteria[1]
+    assert beats_control.id == "beats_control" and not beats_control.passed_point
+    assert d.outcome == "REJECT"

@@ -17,10 +17,10 @@ LAYERS = [
     {"surgery"},
     {"evaluation"},
     {"gate"},
-    {"report", "integrations"},
+    {"reporting", "integrations"},
     {"config"},
-    {"run"},
-    {"demo", "api"},
+    {"pipeline"},
+    {"embedded_demo", "api"},
     {"cli", "__init__"},
 ]
 
@@ -69,5 +69,5 @@ def test_every_module_imports_only_its_layer_and_below():
 
 
 def test_the_import_reader_sees_relative_and_absolute_imports():
-    assert {"gate", "schema", "files"} <= imported(PACKAGE / "report" / "render.py")
+    assert {"gate", "schema", "files"} <= imported(PACKAGE / "reporting" / "render.py")
     assert layer_of("gate") > layer_of("surgery") and layer_of("cli") == len(LAYERS) - 1

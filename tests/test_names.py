@@ -36,17 +36,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
-@pytest.fixture
-def base_config(tmp_path, tiny_adapter_dir, tiny_model_dir) -> dict:
-    calib = tmp_path / "calib.jsonl"
-    calib.write_text('{"prompt": "a b c d", "answer": "e"}\n' * 4)
-    return {
-        "base_model": str(tiny_model_dir), "adapter": str(tiny_adapter_dir),
-        "output": {"dir": str(tmp_path / "out" / "run")}, "calibration": {"file": str(calib), "n": 4},
-        "targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 4}],
-    }
-
-
 @pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
 def test_a_hostile_policy_name_is_refused_before_anything_is_written(tmp_path, base_config, capsys, name):
     policy = tmp_path / "hostile.yaml"

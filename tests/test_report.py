@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from release_gate.report import render_report
-from release_gate.report.browser import open_report
-from release_gate.report.render import index_ranges
-from release_gate.report.svg import dodge, element, nice_ticks
+from release_gate.reporting import render_report
+from release_gate.reporting.browser import open_report
+from release_gate.reporting.render import index_ranges
+from release_gate.reporting.svg import dodge, element, nice_ticks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run"
 #: Screenshots for a person to look at (reports/* is gitignored).

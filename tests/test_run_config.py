@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,18 +12,6 @@ from release_gate.cli import main
 from release_gate.config import load_run_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
-
-
-@pytest.fixture
-def base_config(tmp_path, tiny_adapter_dir, tiny_model_dir) -> dict:
-    calib = tmp_path / "calib.jsonl"
-    calib.write_text('{"prompt": "a b c d", "answer": "e"}\n' * 4)
-    return {
-        "base_model": str(tiny_model_dir), "adapter": str(tiny_adapter_dir),
-        "output": {"dir": str(tmp_path / "run")}, "calibration": {"file": str(calib), "n": 4},
-        "targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 4}],
-        "guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": 0.05, "limit": 2}],
-    }
 
 
 def _write(tmp_path: Path, config: dict) -> Path:
@@ -91,6 +80,10 @@ RUNTIME_BAD = [
     ({"policies": ["random_index"]}, "is the random control; configure it under controls.seeds"),
     ({"targets": [{"task": "no_such_task", "metric": "acc"}]}, "unknown task 'no_such_task'"),
     ({"targets": [{"task": "commonsense_qa", "metric": "bleu"}]}, "does not produce metric 'bleu'"),
+    ({"controls": {"params": {"core_frac": 2.0}}}, "controls.params: policy 'random_index', key 'core_frac'"),
+    ({"controls": {"params": {"seeds": [7]}}}, "controls.params: seeds are set by controls.seeds"),
+    ({"evaluation": {"engine_args": {"warp_speed": 9}}}, "evaluation.engine_args: warp_speed is not an argument of "
+                                                         "vllm.LLM"),
 ]
 
 
@@ -130,22 +123,20 @@ def test_yaml_syntax_error_gives_the_line(tmp_path, capsys):
     assert "line" in capsys.readouterr().err
 
 
-def test_ci_recipe_passes_the_gate_exit_code_through(tmp_path):
-    """The generic CI step fails with release-gate's own code and says why (here: a bad config)."""
-    import os
-    import subprocess
-    import sys
+def test_the_github_action_reports_a_bad_config(tmp_path):
+    """The composite action's step fails with release-gate's own code and sets outcome=ERROR."""
+    from actions import run_action
 
+    status, outputs, summary = run_action({"config": str(tmp_path / "missing.yaml")}, tmp_path)
+    assert status == 2 and outputs["outcome"] == "ERROR" and outputs["exit-code"] == "2"
+    assert "file not found" in summary
+    status, outputs, _ = run_action({"config": str(tmp_path / "missing.yaml"), "report-only": "true"}, tmp_path)
+    assert status == 0 and outputs["outcome"] == "ERROR"
     root = Path(__file__).parent.parent
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", str(root / "examples/ci/release-gate.sh"), str(tmp_path / "missing.yaml"),
-                           str(tmp_path / "run")], capture_output=True, text=True, env=env)
-    assert done.returncode == 2
-    assert "file not found" in done.stderr and "bad config or input" in done.stdout
-    workflow = yaml.safe_load((root / "examples/ci/github-actions.yml").read_text())
-    steps = workflow["jobs"]["gate"]["steps"]
-    assert any("examples/ci/release-gate.sh" in step.get("run", "") for step in steps)
-
+    steps = yaml.safe_load((root / "examples/ci/github-actions.yml").read_text())["jobs"]["gate"]["steps"]
+    gate = next(step for step in steps if step.get("id") == "gate")
+    assert gate["uses"].startswith("your-org/release-gate@") and gate["with"]["config"]
+    assert {"outcome", "promoted-sha256", "report"} <= set(yaml.safe_load((root / "action.yml").read_text())["outputs"])
 
 def test_a_key_written_twice_is_refused_with_both_lines(tmp_path, base_config, capsys):
     path = _write(tmp_path, base_config)
@@ -181,3 +172,11 @@ def test_config_schema_describes_every_example(capsys):
         jsonschema.validate(data, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"base_model": "m", "adapter": "a", "gate": {"alpha": "low"}}, schema)
+
+
+def test_the_server_api_key_is_never_recorded(tmp_path, base_config, monkeypatch):
+    secret = "sk-test-never-written"
+    path = _write(tmp_path, {**base_config, "evaluation": {"server": {"url": "http://127.0.0.1:1", "api_key": secret}}})
+    config = load_run_config(path)
+    assert config.evaluation.server.api_key == secret
+    assert secret not in json.dumps(config.to_json()) and secret not in repr(config)

@@ -17,11 +17,11 @@ import yaml
 
 from release_gate.assets import fetch
 from release_gate.cli import main
-from release_gate.demo import csqa_prompt, write_heldout_task
+from release_gate.embedded_demo import csqa_prompt
 from release_gate.files import file_sha256
 from release_gate.schema import EXIT_CODES
 
-from factories import smollm2_adapter
+from factories import smollm2_adapter, write_heldout_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -175,3 +175,36 @@ def test_a_larger_limit_evaluates_only_the_new_items_and_decides_like_a_fresh_ru
         assert (mine["passed"], mine["passed_point"], mine["status"]) == (
             verdict["passed"], verdict["passed_point"], verdict["status"]), arm
         assert [c["estimate"] for c in mine["criteria"]] == [c["estimate"] for c in verdict["criteria"]], arm
+
+
+def test_the_github_action_runs_the_gate_and_sets_its_outputs(setup):
+    """action.yml's steps on this module's config (items stored): outputs, summary and exit code agree."""
+    from actions import run_action
+
+    out = setup["root"] / "action"
+    status, outputs, summary = run_action(
+        {"config": str(setup["config"]), "output-dir": str(out), "set": "gate.sequential=false"}, setup["root"])
+    decision = json.loads((out / "decision.json").read_text())
+    assert status == EXIT_CODES[decision["outcome"]] and outputs["outcome"] == decision["outcome"]
+    assert outputs["report"] == str(out / "report.html") and Path(outputs["report"]).is_file()
+    assert outputs["promoted-sha256"] == ((decision["promoted"] or {}).get("sha256") or "")
+    assert summary == (out / "summary.md").read_text()
+
+
+def test_per_arm_results_read_back_with_lm_evals_own_reader(setup):
+    from lm_eval.utils import get_latest_filename, get_results_filenames, get_sample_results_filenames
+
+    run = setup["root"] / "run"
+    items = {arm: {task: [json.loads(line) for line in (run / "items" / arm / f"{task}.jsonl").read_text().splitlines()]
+                   for task in TASKS} for arm in ARMS}
+    for arm in ARMS:
+        files = [str(p) for p in (run / "lm_eval" / arm).rglob("*") if p.is_file()]
+        results = json.loads(Path(get_latest_filename(get_results_filenames(files))).read_text())
+        for task, metric in (("commonsense_qa_heldout", "acc,none"), ("ifeval", "prompt_level_strict_acc,none")):
+            scores = [row["metrics"][metric] for row in items[arm][task]]
+            assert results["results"][task][metric] == pytest.approx(sum(scores) / len(scores))
+            assert results["n-samples"][task]["effective"] == len(scores)
+            samples_file = next(f for f in get_sample_results_filenames(files) if f"samples_{task}_" in f)
+            samples = [json.loads(line) for line in Path(samples_file).read_text().splitlines()]
+            assert [s["doc_id"] for s in samples] == [row["doc_id"] for row in items[arm][task]]
+            assert all("doc" in s and "resps" in s and "filtered_resps" in s for s in samples)

@@ -21,6 +21,9 @@ from servers import api_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
+#: The server runs with --api-key: every request must carry it.
+KEY = "test-key-not-a-secret"
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -29,9 +32,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     adapter = smollm2_adapter(assets.model_dir, root / "baseline", seed=5)
     big = smollm2_adapter(assets.model_dir, root / "rank32", seed=6, r=32, targets=("o_proj",))
-    with api_server(assets.model_dir, root / "server.log") as (url, process):
-        yield {"assets": assets, "root": root, "adapter": adapter, "big": big, "process": process,
-               "server": server_mode.Server(url, str(assets.model_dir), str(assets.model_dir)),
+    with api_server(assets.model_dir, root / "server.log", args=["--api-key", KEY]) as (url, process):
+        yield {"assets": assets, "root": root, "adapter": adapter, "big": big, "process": process, "url": url,
+               "server": server_mode.Server(url, str(assets.model_dir), str(assets.model_dir), api_key=KEY),
                "manager": task_manager([write_offline_tasks(assets, root / "tasks")])}
 
 
@@ -68,3 +71,25 @@ def test_unknown_adapter_name_and_unreachable_server_are_clear(served):
     with pytest.raises(RuntimeFailure, match="not reachable"):
         server_mode.load(server_mode.Server("http://127.0.0.1:9", "m", "t", timeout=2),
                          Arm("x", served["adapter"], "1" * 64, 16))
+
+
+def test_the_api_key_is_required_and_sent(served, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    arm = Arm.from_adapter("baseline", served["adapter"])
+    keyless = server_mode.Server(served["url"], str(served["assets"].model_dir), str(served["assets"].model_dir))
+    with pytest.raises(BadInput, match="refused the API key"):
+        server_mode.load(keyless, arm)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the default when the config names no key
+    server_mode.load(keyless, arm)
+    assert arm.lora_name in keyless.served_models()
+    server_mode.unload(keyless, arm)
+    assert KEY not in repr(served["server"])
+
+
+def test_server_errors_are_parsed_not_searched():
+    error = server_mode.parse_error(400, '{"error": {"message": "bad", "type": "InvalidUserInput", "code": 400}}')
+    assert (error.status, error.type, error.message) == (400, "InvalidUserInput", "bad")
+    assert server_mode.parse_error(502, "<html>gateway</html>").type == "HTTPError"
+    assert isinstance(server_mode.refused(server_mode.ServerError(401, "Unauthorized", "no"), "x"), BadInput)
+    assert isinstance(server_mode.refused(server_mode.ServerError(500, "InternalServerError", "boom"), "x"),
+                      RuntimeFailure)

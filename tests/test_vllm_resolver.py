@@ -15,6 +15,7 @@ import pytest
 from vllm.lora.resolver import LoRAResolverRegistry
 
 from release_gate.assets import fetch
+from release_gate.cli import main
 from release_gate.files import directory_sha256
 from release_gate.integrations import vllm_resolver
 from release_gate.integrations.releases import ADAPTER_FILES, check_release, is_safe_name
@@ -316,3 +317,44 @@ def test_server_refuses_an_adapter_the_gate_did_not_approve(gated_server, name, 
     assert body["error"]["type"] == "NotFoundError"
     assert body["error"]["message"].startswith(f"The model `{name}` does not exist.")
     assert f"release-gate refused LoRA adapter '{name}': {reason}" in log.read_text()
+
+
+# --- serve-args: the serving gate without vLLM's runtime-updating flag ----------------------------
+
+
+def test_serve_args_lists_only_verified_releases(tmp_path, adapter, capsys):
+    release = tmp_path / "release"
+    publish(release, "approved", adapter)
+    publish(release, "rejected", adapter, outcome="REJECT")
+    flip_last_byte(publish(release, "tampered", adapter, flat=True) / SAFETENSORS_FILE)
+    code = main(["serve-args", str(release), "--base-model", BASE, "--stage", str(tmp_path / "staged"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out) == [{"name": "approved", "path": str((tmp_path / "staged" / "approved").resolve()),
+                                "base_model_name": BASE}]
+    assert "refused 'rejected': outcome REJECT" in err and "refused 'tampered': sha256 mismatch" in err
+    assert sorted(p.name for p in (tmp_path / "staged" / "approved").iterdir()) == sorted(
+        [*ADAPTER_FILES, "decision.json"])
+    shutil.rmtree(release / "approved")
+    assert main(["serve-args", str(release)]) == 2
+    assert "no release is approved" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_serve_args_start_a_server_with_no_load_endpoint(tmp_path, capsys):
+    model_dir = fetch().model_dir
+    adapter = smollm2_adapter(model_dir, tmp_path / "adapter", seed=12)
+    release = tmp_path / "release"
+    publish(release, "approved", adapter)
+    publish(release, "rejected", adapter, outcome="REJECT")
+    assert main(["serve-args", str(release), "--base-model", str(model_dir), "--stage", str(tmp_path / "staged")]) == 0
+    args = capsys.readouterr().out.split()
+    assert args[0] == "--lora-modules" and len(args) == 2
+    with api_server(model_dir, tmp_path / "server.log", args=args, runtime_lora=False) as (url, _process):
+        status, body = complete(url, "approved")
+        assert status == 200 and body["model"] == "approved", body
+        assert complete(url, "rejected")[0] == 404
+        status, _ = post(f"{url}/v1/load_lora_adapter", {"lora_name": "smuggled", "lora_path": str(adapter)})
+        assert status == 404  # the development-only endpoint does not exist
+        assert complete(url, "smuggled")[0] == 404

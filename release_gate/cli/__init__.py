@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ReleaseGateError
-from . import assets, config_schema, demo, edit, inspect, policies, report, run
+from . import assets, config_schema, demo, edit, inspect, lm_eval, policies, report, run, serve_args
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (assets, policies, inspect, edit, run, report, demo, config_schema)
+COMMANDS = (assets, policies, inspect, edit, run, report, demo, serve_args, lm_eval, config_schema)
 LOGGER = "release_gate"
 
 
@@ -50,10 +50,19 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [lm_eval.NAME]:  # lm-eval parses its own flags
+        configure_logging(False, False)
+        return _guarded(lambda: lm_eval.run(argv[1:]))
     args = parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    return _guarded(lambda: args.handler(args) or 0)
+
+
+def _guarded(command) -> int:
+    """Run a command; the library's errors become one line and their exit code."""
     try:
-        return args.handler(args) or 0
+        return command()
     except ReleaseGateError as exc:
         print(f"release-gate: error: {exc}", file=sys.stderr)
         return exc.exit_code

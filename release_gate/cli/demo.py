@@ -11,21 +11,22 @@ from .common import RUN_EPILOG, finish
 def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo", help="run the whole gate offline on the embedded default (SmolLM2-135M, CommonsenseQA, IFEval)",
-        description="Fetch the offline assets, train (once, cached) a demo LoRA adapter on a CommonsenseQA "
-        "training slice, and run the gate on it: calibration on a disjoint slice, every policy and three "
-        "random_index seeds, target = CommonsenseQA on a held-out slice (120 rows), guard = IFEval (16 "
-        "prompts, ≤96 tokens; --full: every held-out row and all 541 prompts at IFEval's own token cap), "
-        "then decision.json, summary.md, junit.xml and report.html. A re-run reuses every cache.",
+        description="Fetch the offline assets, train (once, cached) a demo LoRA adapter on 712 CommonsenseQA "
+        "rows (answers in words, chat template), and run the gate on it: calibration on 128 disjoint rows, "
+        "every policy and three random_index seeds, target = CommonsenseQA answered in words on the 381 "
+        "held-out rows, guard = IFEval through the chat template (64 prompts, ≤128 tokens, budget 20 points, "
+        "its planned MDE; --full: all 541 prompts at IFEval's own token cap, budget 10 points), then "
+        "decision.json, summary.md, junit.xml and report.html. A re-run reuses every cache.",
         epilog=RUN_EPILOG,
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (default reports/demo)")
     demo.add_argument("--cache-dir", type=Path, help="cache directory for assets, the demo adapter and sensitivities")
-    demo.add_argument("--full", action="store_true", help="score every held-out row and all 541 IFEval prompts")
+    demo.add_argument("--full", action="store_true", help="score all 541 IFEval prompts at IFEval's own token cap (budget 10 points)")
     demo.add_argument("--exit-zero", action="store_true", help="exit 0 whatever the outcome")
     demo.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import FULL, DemoSize, run_demo
+    from ..embedded_demo import FULL, DemoSize, run_demo
 
     return finish(run_demo(args.out, args.cache_dir, FULL if args.full else DemoSize()), args.exit_zero)

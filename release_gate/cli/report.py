@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report.render import render_report
+    from ..reporting.render import render_report
     from ..schema import read_decision
 
     read_decision(args.run_dir)  # a clear error for a directory that is not a finished run

@@ -9,38 +9,65 @@ with ``HFLM`` + PEFT.
 
 from __future__ import annotations
 
+import atexit
+import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+import lm_eval.models  # noqa: F401  (lm-eval's built-in models first: its registry loads them only while empty)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from .engine import Arm, Engine, EngineSettings
+from ..errors import BadInput
+from .engine import Arm, Engine, EngineSettings, engine_overrides
 
 DEFAULT_MAX_GEN_TOKS = 256
+#: lm-eval's names for "the adapter to evaluate" (its ``vllm`` and ``hf`` backends), all accepted.
+ADAPTER_ARGS = ("lora", "peft", "lora_local_path")
+logger = logging.getLogger(__name__)
+#: Engines started for lm-eval's own CLI, by settings: every adapter of one invocation shares one.
+_ENGINES: dict[str, Engine] = {}
 
 
 @register_model("release-gate")
 class SharedEngineLM(TemplateLM):
-    """lm-eval ``LM`` for one arm on a shared engine (``for_arm`` gives the others)."""
+    """lm-eval ``LM`` for one arm on a shared engine (``for_arm`` gives the others).
+
+    From lm-eval's own CLI (``--model release-gate --model_args pretrained=…,lora=…``) the engine is
+    started here, sized for every adapter named in ``adapters`` (``a|b|c``; ``release-gate lm-eval``
+    fills it in when ``lora=`` is given several times), and shared by all of them. Any other model
+    argument is a vLLM engine argument (``tensor_parallel_size=2``); unknown names are refused.
+    """
 
     def __init__(
         self, engine: Engine | None = None, arm: Arm | None = None, pretrained: str | None = None,
         lora: str | None = None, add_bos_token: bool | None = None, batch_size: int | str = 64,
         peers: tuple[Arm, ...] = (), stash: dict | None = None, device: str | None = None,
-        max_batch_size: int | None = None, **engine_args: Any,
+        max_batch_size: int | None = None, peft: str | None = None, lora_local_path: str | None = None,
+        adapters: str | None = None, **engine_args: Any,
     ) -> None:
         super().__init__()
         if engine is None:  # lm_eval.simple_evaluate(model="release-gate", model_args="pretrained=…,lora=…")
-            arm = Arm.from_adapter("lora", lora) if lora else Arm.base()
-            engine = Engine(EngineSettings.for_arms(pretrained, [arm], **engine_args))
+            engine, arm = standalone(pretrained, lora or peft or lora_local_path, adapters, device, engine_args)
         self.engine = engine
         self.arm = arm or Arm.base()
         self.add_bos_token = add_bos_token
-        self.batch_size_per_call = int(batch_size) if str(batch_size).isdigit() else 64
+        self.batch_size_per_call = int(batch_size) if str(batch_size).isdigit() else int(max_batch_size or 64)
         self.peers = tuple(p for p in peers if p.name != self.arm.name)
         self.stash: dict[tuple[str, Any], Any] = {} if stash is None else stash
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> SharedEngineLM:
+        """lm-eval's CLI always adds its ``--device`` (default ``cuda``), which lm-eval's own vLLM model ignores:
+        only a ``device=`` the user wrote in ``model_args`` is checked against this vLLM build."""
+        return super().create_from_arg_string(arg_string, _without_device(additional_config))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> SharedEngineLM:
+        """As :meth:`create_from_arg_string`, for ``model_args`` given as a mapping."""
+        return super().create_from_arg_obj(arg_dict, _without_device(additional_config))
 
     def for_arm(self, arm: Arm) -> SharedEngineLM:
         """The same engine (and cross-arm stash), another adapter: no engine restart."""
@@ -206,3 +233,48 @@ def _continuation_score(prompt_logprobs: list[dict | None], tokens: list[int], s
         best = max(entries.values(), key=lambda lp: lp.logprob)
         greedy = greedy and entries[token].logprob >= best.logprob
     return total, greedy
+
+
+def _without_device(additional_config: dict | None) -> dict:
+    """lm-eval's extra model settings less its CLI-wide ``device`` (see ``create_from_arg_string``)."""
+    return {k: v for k, v in (additional_config or {}).items() if k != "device"}
+
+
+def standalone(pretrained: str | None, adapter: str | None, adapters: str | None, device: str | None,
+               engine_args: dict[str, Any]) -> tuple[Engine, Arm]:
+    """The engine (started once per settings, reused by later adapters) and this model's arm."""
+    if not pretrained:
+        raise BadInput("model_args: pretrained=<base model directory or name> is required")
+    check_device(device)
+    paths = [p for p in (adapters or "").split("|") if p] or ([adapter] if adapter else [])
+    if adapter and Path(adapter).resolve() not in {Path(p).resolve() for p in paths}:
+        paths.append(adapter)
+    arms = [Arm.from_adapter(Path(p).name or "lora", p) for p in paths]
+    settings = EngineSettings.for_arms(pretrained, arms or [Arm.base()], **engine_overrides(engine_args, "model_args"))
+    engine = _ENGINES.get(settings.key())
+    if engine is None:
+        logger.info("release-gate backend: one vLLM engine for %d adapter(s) of %s", len(arms), pretrained)
+        engine = _ENGINES[settings.key()] = Engine(settings)
+    mine = next((a for a in arms if adapter and a.adapter == Path(adapter).resolve()), Arm.base())
+    return engine, mine
+
+
+def check_device(device: str | None) -> None:
+    """vLLM runs on the platform its wheel was built for; a ``device`` asking for another one is refused."""
+    if not device:
+        return
+    from vllm.platforms import current_platform
+
+    wanted = str(device).split(":")[0]
+    if wanted not in ("cpu", "cuda"):
+        raise BadInput(f"model_args: device={device!r}: vLLM runs on cpu or cuda")
+    if wanted == "cuda" and current_platform.is_cpu() or wanted == "cpu" and not current_platform.is_cpu():
+        raise BadInput(f"model_args: device={device!r}, but this vLLM build runs on "
+                       f"{'the CPU' if current_platform.is_cpu() else 'the GPU'}")
+
+
+@atexit.register
+def _close_engines() -> None:
+    for engine in _ENGINES.values():
+        engine.close()
+    _ENGINES.clear()

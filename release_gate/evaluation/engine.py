@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,26 @@ class EngineSettings:
 
     def key(self) -> str:
         return content_key(asdict(self))
+
+
+def engine_overrides(engine_args: dict[str, Any], where: str) -> dict[str, Any]:
+    """User engine arguments as :meth:`EngineSettings.for_arms` overrides: its own fields by name (they win
+    over the sizing from the arms, e.g. ``lora_target_modules``), every other ``vllm.LLM`` argument in
+    ``extra``. A name vLLM does not know is refused here, naming it and ``where`` it was written, rather
+    than in a ``TypeError`` from inside vLLM after the run directory was written.
+    """
+    if not engine_args:
+        return {}
+    from vllm.engine.arg_utils import EngineArgs
+
+    own = {f.name for f in fields(EngineSettings)} - {"model", "extra"}
+    known = {f.name for f in fields(EngineArgs)}
+    unknown = sorted(k for k in engine_args if k not in own and k not in known)
+    if unknown:
+        raise BadInput(f"{where}: {', '.join(unknown)} is not an argument of vllm.LLM (nor one of release-gate's "
+                       f"engine settings: {', '.join(sorted(own))})")
+    return {**{k: tuple(v) if isinstance(v, list) else v for k, v in engine_args.items() if k in own},
+            "extra": {k: v for k, v in engine_args.items() if k not in own}}
 
 
 def _cpu_defaults() -> None:

@@ -9,6 +9,7 @@ once (:func:`resolve_task`) and its requests are built once per run
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ class TaskRequest:
     limit: int | None = None
     num_fewshot: int | None = None
     max_gen_toks: int | None = None
+    chat_template: bool = False
 
     def gen_kwargs(self) -> str | None:
         return None if self.max_gen_toks is None else f"max_gen_toks={self.max_gen_toks}"
@@ -170,8 +172,9 @@ def items_from_samples(samples: Sequence[dict[str, Any]]) -> list[Item]:
         entry = by_doc.setdefault(int(sample["doc_id"]), {
             "metrics": {}, "target": str(sample.get("target", "")),
             "response": _first_text(sample.get("filtered_resps")), "prompt": _prompt(sample),
-            "choice_logprobs": _choice_logprobs(sample),
+            "choice_logprobs": _choice_logprobs(sample), "samples": [],
         })
+        entry["samples"].append(json.loads(json.dumps(sample, default=str)))  # lm-eval's own record, as JSON
         if entry["choice_logprobs"] is not None:
             entry["response"] = _chosen(sample, entry["choice_logprobs"])
         for metric in sample.get("metrics", []):
@@ -224,9 +227,9 @@ class BuiltTask:
     metrics and logged samples are lm-eval's.
     """
 
-    def __init__(self, resolved: ResolvedTask, chat_template: bool = False) -> None:
+    def __init__(self, resolved: ResolvedTask) -> None:
         self.resolved = resolved
-        self.chat_template = chat_template
+        self.chat_template = resolved.request.chat_template
         self._built: tuple[str, list[Any]] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -284,28 +287,27 @@ class BuiltTask:
 
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
-    sizes: Mapping[str, int] | None = None, cross_arm: bool = True, chat_template: bool = False,
-    template: str | None = None,
+    sizes: Mapping[str, int] | None = None, cross_arm: bool = True, template: str | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
     """Scores of every arm on the first ``sizes[task]`` items of every task, evaluating only what the store lacks.
 
     Returns items by (arm, task) in sampled order. With ``cross_arm`` the arms
     missing the same items share engine calls (one ``generate`` with a
     per-prompt LoRA list); each evaluated chunk is stored as soon as it is
-    scored. ``chat_template`` renders prompts with the tokenizer's chat
-    template (instruct models, e.g. IFEval); it is part of the store key.
+    scored. A task whose request says ``chat_template`` has its prompts rendered with the tokenizer's
+    chat template (``template``; instruct models, e.g. IFEval), which is part of its store key.
     """
     from tqdm.auto import tqdm
 
     engine_key = lm.engine.settings.key()
-    if chat_template and template is None:
+    if any(t.request.chat_template for t in tasks) and template is None:
         template = str(lm.tokenizer.chat_template)
     out: dict[tuple[str, str], list[Item]] = {}
     with tqdm(total=len(arms) * len(tasks), desc="evaluation", unit="arm×task") as bar:
         for resolved in tasks:
             name = resolved.request.name
             wanted = resolved.doc_ids((sizes or {}).get(name))
-            task = BuiltTask(resolved, chat_template)
+            task = BuiltTask(resolved)
             task_key = task.store_key(template, wanted)
             stored = {arm.name: store.load(arm, name, task_key, engine_key) for arm in arms}
             lacking = [arm for arm in arms if any(d not in stored[arm.name] for d in wanted)]

@@ -38,16 +38,12 @@ RETRY_STATUSES = (429, 502, 503, 504)
 BACKOFF_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
 class ServerError(Exception):
     """The server's own structured answer to a refused request."""
 
-    status: int
-    type: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status} {self.type}: {self.message}"
+    def __init__(self, status: int, type: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {type}: {message}")
+        self.status, self.type, self.message = status, type, message
 
 
 def parse_error(status: int, body: str) -> ServerError:
@@ -141,9 +137,11 @@ def refused(error: ServerError, what: str) -> Exception:
 
 def load(server: Server, arm: Arm) -> None:
     """Load ``arm``'s adapter under its content-hashed name (a no-op for the base model or one already served)."""
-    if arm.adapter is None or arm.lora_name in server.served_models():
-        return  # same content, same name: the server already holds exactly this adapter
+    if arm.adapter is None:
+        return
     try:
+        if arm.lora_name in server.served_models():
+            return  # same content, same name: the server already holds exactly this adapter
         server.request("/v1/load_lora_adapter", {"lora_name": arm.lora_name, "lora_path": str(arm.adapter)})
     except ServerError as error:
         raise refused(error, f"loading adapter {arm.adapter} (rank {arm.rank})") from None

@@ -31,11 +31,11 @@ class EvaluationSession:
 
     def __init__(self, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore, *,
                  settings: EngineSettings | None = None, server: Any = None, batch_size: int = 64,
-                 cross_arm: bool = True, chat_template: bool = False) -> None:
+                 cross_arm: bool = True) -> None:
         self.arms = {a.name: a for a in arms}
         self.tasks = {t.request.name: t for t in tasks}
         self.store, self.settings, self.server = store, settings, server
-        self.batch_size, self.cross_arm, self.chat_template = batch_size, cross_arm, chat_template
+        self.batch_size, self.cross_arm = batch_size, cross_arm
         self.items: dict[tuple[str, str], list[Item]] = {}
         self.canary: dict[str, Any] = {"probe": "not run in server mode (per-item check only)"} if server else {}
         self._engine: Any = None
@@ -103,7 +103,7 @@ class EvaluationSession:
         for task in tasks:
             name = task.request.name
             wanted = task.doc_ids(sizes.get(name))
-            key = BuiltTask(task, self.chat_template).store_key(self.template(), wanted)
+            key = BuiltTask(task).store_key(self.template(), wanted)
             for arm in arms:
                 stored = self.store.load(arm, name, key, engine_key)
                 if any(d not in stored for d in wanted):
@@ -113,7 +113,7 @@ class EvaluationSession:
 
     def template(self) -> str | None:
         """The chat template that renders prompts (part of the store key), read from the tokenizer."""
-        if not self.chat_template:
+        if not any(t.request.chat_template for t in self.tasks.values()):
             return None
         if self._template is None:
             from transformers import AutoTokenizer
@@ -128,7 +128,7 @@ class EvaluationSession:
         lm = self._start()
         try:
             return evaluate(lm, arms, tasks, self.store, sizes, cross_arm=self.cross_arm,
-                            chat_template=self.chat_template, template=self.template())
+                            template=self.template())
         except ReleaseGateError:
             raise
         except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives

@@ -29,7 +29,9 @@ class Item:
     """One scored evaluation item: metrics by ``metric,filter`` name, and what was produced.
 
     ``doc_id`` is the item's index in the task's evaluation split. Multiple-choice items also keep
-    each choice's log-likelihood (``response`` is then the chosen continuation).
+    each choice's log-likelihood (``response`` is then the chosen continuation). ``samples`` are
+    lm-eval's own logged samples of the item (document, arguments, raw and filtered responses, one
+    per filter), kept for lm-eval-shaped results files.
     """
 
     doc_id: int
@@ -38,9 +40,14 @@ class Item:
     response: str
     prompt: str
     choice_logprobs: list[float] | None = None
+    samples: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but lm-eval's raw samples (the run directory's ``items/`` copy)."""
+        return {k: v for k, v in self.__dict__.items() if k != "samples"}
 
 
 class ItemStore:

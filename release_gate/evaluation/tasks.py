@@ -76,12 +76,21 @@ def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: b
     """
     directory.mkdir(parents=True, exist_ok=True)
     if allow_code_execution:
-        template = (TEMPLATES / "humaneval.yaml").read_text(encoding="utf-8")
-        write_text_atomic(directory / "humaneval.yaml", template.format(data_file=assets.humaneval))
-        write_text_atomic(directory / "humaneval_utils.py", (TEMPLATES / "humaneval_utils.py").read_text(encoding="utf-8"))
+        write_template_task("humaneval", directory, "humaneval", assets.humaneval)
     for task in OFFLINE_TASKS:
         write_json_task(task, Path(getattr(assets, task.asset)), directory)
     return directory
+
+
+def write_template_task(template: str, directory: Path, task: str, data_file: Path) -> Path:
+    """A task of our own (``task_templates/<template>.yaml``) named ``task`` over ``data_file``, with its
+    ``<template>_utils.py`` (the scoring its YAML names) beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    utils = TEMPLATES / f"{template}_utils.py"
+    if utils.is_file():
+        write_text_atomic(directory / utils.name, utils.read_text(encoding="utf-8"))
+    text = (TEMPLATES / f"{template}.yaml").read_text(encoding="utf-8").format(task=task, data_file=data_file)
+    return write_text_atomic(directory / f"{task}.yaml", text)
 
 
 def prepare_environment(assets: Assets) -> None:

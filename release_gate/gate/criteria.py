@@ -19,6 +19,11 @@ from ..schema import BASE, BASELINE, CONTROL_MEAN, REWARD, Status
 from .evidence import Evidence, judge, paired_data
 from .rules import GateRule, TaskRule
 
+#: Differences closer than this to a threshold are at the threshold: a seed mean of K controls is k/K, and
+#: summing such weighted differences leaves ~1e-17 of rounding, which must not count as "better" (a real
+#: difference is at least one item's weight, ≥ 1e-6 for any task of under a million items).
+POINT_TOLERANCE = 1e-9
+
 #: Scores of each arm on each task, one value per item, items in the same order for every arm.
 Scores = Mapping[str, Mapping[str, np.ndarray]]
 
@@ -97,8 +102,8 @@ class Criterion:
 
     @property
     def passed_point(self) -> bool:
-        delta = self.estimate
-        return delta > self.threshold if self.strict else delta >= self.threshold
+        margin = self.estimate - self.threshold
+        return margin > POINT_TOLERANCE if self.strict else margin >= -POINT_TOLERANCE
 
     @property
     def lcb(self) -> float:

@@ -43,6 +43,9 @@ from .rules import GateRule, TaskRule
 
 #: Discordant items a criterion needs before its trend can stop an arm for futility.
 FUTILITY_EVIDENCE = 3
+#: An INCONCLUSIVE names the items that would decide only up to this multiple of what was scored: beyond
+#: it the observed effect is too small for any practical run, and the reason says so without a number.
+MAX_ADVISED_FACTOR = 100
 #: The items each arm must be scored on at a look: ``{arm: {task: n}}`` → the scores of those items.
 Fetch = Callable[[Mapping[str, Mapping[str, int]]], Scores]
 
@@ -277,6 +280,9 @@ def run_gate(design: Design, fetch: Fetch, record_bounds: bool = True, summaries
     needed = items_needed(verdicts, design) if outcome == Outcome.INCONCLUSIVE else None
     if needed:
         reasons[0] += "; " + advice(needed, design)
+    elif outcome == Outcome.INCONCLUSIVE:
+        reasons[0] += (f"; the observed effects are too small for more items to settle (over {MAX_ADVISED_FACTOR}× "
+                       "what was scored would be needed)")
     comparisons = comparisons_for(gate.board, list(gate.board.scores), design.variants, design.controls,
                                   design.targets, design.guards, rule)
     return Decision(outcome, winner, reasons, verdicts, comparisons, task_summaries(comparisons, design, gate.evaluated),
@@ -374,7 +380,7 @@ def items_needed(verdicts: Mapping[str, Verdict], design: Design) -> dict[str, i
         tasks = [r.name for r in design.targets] if c.task == "reward" else [c.task]
         current = min(verdict.n[t] for t in tasks)
         wanted = stats.items_for_power(effect, c.evidence.se, current, level)
-        if math.isinf(wanted):
+        if not wanted <= MAX_ADVISED_FACTOR * current:  # also inf/nan: no sample size worth naming
             return None
         factor = max(1.0, wanted / current)
         for t in tasks:

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from ..files import atomic_directory, remove_directory, write_json_atomic, write_text_atomic
+import yaml
+
+from ..assets import HUB_IDS
+from ..files import atomic_directory, read_json, remove_directory, write_json_atomic, write_text_atomic
 from ..schema import (
     DECISION_FILE,
     JUNIT_FILE,
@@ -81,19 +84,36 @@ def junit_xml(document: dict[str, Any]) -> str:
 
 
 def model_card(document: dict[str, Any]) -> str:
-    """The promoted adapter's README: what it is, where it came from, and the evidence."""
+    """The promoted adapter's README as a Hub/PEFT model card: front matter, then the evidence in words.
+
+    The front matter (``library_name: peft``, ``base_model``, tags, and the gate's scores as
+    ``model-index`` results) is what the Hub and PEFT read; no local path appears anywhere.
+    """
     promoted = document["promoted"]
+    arm = promoted["arm"]
     provenance = document["provenance"]
-    verdict = document["variants"][promoted["arm"]]
-    config = document["config"]
+    verdict = document["variants"][arm]
+    policy = (document["arms"][arm].get("policy") or {}).get("kind", arm)
+    front = {
+        "library_name": "peft", "base_model": model_id(document["config"]["base_model"]),
+        "tags": ["release-gate", "spectral-surgery", "lora", policy],
+        "model-index": [{"name": arm, "results": [
+            {"task": {"type": "text-generation", "name": task},
+             "dataset": {"name": task, "type": task},
+             "metrics": [{"type": spec["metric"].split(",")[0], "name": f"{spec['metric']} ({spec['role']}, "
+                          f"n={document['arms'][arm]['scores'][task]['n']})",
+                          "value": round(document["arms"][arm]["scores"][task]["mean"], 6), "verified": False}]}
+            for task, spec in document["tasks"].items()]}],
+    }
     lines = [
-        f"# {promoted['arm']} — promoted by release-gate", "",
-        f"A Spectral Surgery refinement (policy `{promoted['arm']}`) of the LoRA adapter "
-        f"`{config['adapter']}` (sha256 `{provenance['adapter_sha256']}`) for base model `{config['base_model']}`.",
+        "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# {arm} — promoted by release-gate", "",
+        f"A Spectral Surgery refinement (policy `{policy}`) of a LoRA adapter (sha256 "
+        f"`{provenance['adapter_sha256']}`) for base model `{front['base_model']}`.",
         f"Adapter content sha256: `{promoted['sha256']}`.", "",
         "## Why it was promoted", "", *[f"- {c['text']}" for c in verdict["criteria"]], "",
-        f"p = {verdict['p_adjusted']:.3g} (max over criteria{', Holm-adjusted' if document['gate']['holm'] else ''}) "
-        f"< α = {document['gate']['alpha']}.", "",
+        f"p = {verdict['p_value']:.3g} (the largest of its criteria's exact p-values) ≤ {verdict['boundary']:.3g}, "
+        f"its level at look {verdict['look']}{' (Holm across the variants)' if document['gate']['holm'] else ''}.", "",
         "## Provenance", "",
         f"- calibration data sha256: `{provenance.get('calibration_sha256')}`",
         f"- base model config sha256: `{provenance.get('base_config_sha256')}`",
@@ -102,6 +122,17 @@ def model_card(document: dict[str, Any]) -> str:
         "Load it like any PEFT LoRA adapter (`PeftModel.from_pretrained`, or vLLM `--lora-modules`).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def model_id(base_model: str) -> str:
+    """A Hub-style model id for the card: the id itself, a local folder's ``_name_or_path``, else its name."""
+    path = Path(base_model).expanduser()
+    if not path.exists():
+        return base_model
+    named = (read_json(path / "config.json") or {}).get("_name_or_path", "") if path.is_dir() else ""
+    if named and not named.startswith(("/", ".", "~")):
+        return named
+    return HUB_IDS.get(path.name, path.name)
 
 
 def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any]) -> Path:

@@ -19,7 +19,8 @@ from .assets import default_cache_dir
 from .config import RunConfig
 from .constants import RUN_PACKAGES
 from .errors import BadInput
-from .evaluation.engine import Arm, EngineSettings
+from .evaluation import lm_eval_results
+from .evaluation.engine import Arm, EngineSettings, engine_overrides
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
@@ -27,7 +28,8 @@ from .files import child, file_sha256, package_versions, read_json, write_json_a
 from .gate import boundaries, stats
 from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
 from .gate.outputs import write_outputs
-from .report.render import render_report
+from .integrations import mlflow_tracking
+from .reporting.render import render_report
 from .schema import (
     CONTROL_POLICY,
     EXIT_CODES,
@@ -36,6 +38,7 @@ from .schema import (
     RUN_MARKER,
     SCHEMA_VERSION,
     SIDECAR_FILE,
+    TRACKING_FILE,
     VARIANTS_DIR,
     Status,
 )
@@ -106,7 +109,8 @@ def candidate_policies(config: RunConfig) -> list[Policy]:
 
 def control_policies(config: RunConfig) -> list[Policy]:
     """One ``random_index@seed`` arm per configured seed."""
-    return resolve_policy(CONTROL_POLICY, {"seeds": list(config.controls.seeds)}, origin="controls").arms()
+    overrides = {**config.controls.params, "seeds": list(config.controls.seeds)}
+    return resolve_policy(CONTROL_POLICY, overrides, origin="controls.params").arms()
 
 
 # --- tasks --------------------------------------------------------------------------------------------
@@ -147,7 +151,8 @@ def resolve_tasks(config: RunConfig, manager: Any) -> list[ResolvedTask]:
     resolved = []
     for entry in (*config.targets, *config.guards):
         limit = entry.limit if entry.limit is not None else config.evaluation.limit
-        request = TaskRequest(entry.task, entry.metric, limit, entry.num_fewshot, entry.max_gen_toks)
+        chat = config.evaluation.chat_template if entry.chat_template is None else entry.chat_template
+        request = TaskRequest(entry.task, entry.metric, limit, entry.num_fewshot, entry.max_gen_toks, chat)
         resolved.append(resolve_task(request, manager, config.evaluation.sample_seed))
     return resolved
 
@@ -187,6 +192,8 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     needy = [p.name for p in policies if p.needs_calibration]
     if needy and config.calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
+    if config.evaluation.server is None:  # vLLM's own names, refused here rather than after an hour
+        engine_overrides(config.evaluation.engine_args or {}, "evaluation.engine_args")
     exclude = local_data_files(resolved)
     if needy:  # the rows, their count and their overlap with the evaluation data, before anything is written
         check_no_overlap(read_examples(config.calibration)[0], exclude)
@@ -205,6 +212,7 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     adapter = load_adapter(config.adapter)
     try:
         plan = make_plan(config, cache_dir)
+        tracker = mlflow_tracking.connect(config.tracking.mlflow) if config.tracking.mlflow else None
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
     prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
@@ -228,11 +236,15 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     for line in look_summary(decision):
         logger.info(line)
     save_items(out, session.items)
+    lm_eval_results.write(out, session.items, plan.resolved, arms, config.base_model)
     identical = identical_to_baseline(arms, session.items, [t.request.name for t in plan.resolved])
     document = build_document(config, decision, arms, identical, session.canary, session.record, written,
                               adapter.sha256, plan, timer)
     write_outputs(out, document, {path.name: path for path, _ in written})
     render_report(out)
+    (out / TRACKING_FILE).unlink(missing_ok=True)  # a resumed run's record belongs to the earlier run
+    if tracker is not None:
+        mlflow_tracking.record(tracker, out, document)
     return RunResult(out, document)
 
 
@@ -250,10 +262,11 @@ def evaluation_session(config: RunConfig, arms: list[Arm], resolved: list[Resolv
         return EvaluationSession(arms, resolved, store, server=endpoint)
     settings = EngineSettings.for_arms(
         config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
-        gpu_memory_utilization=evaluation.gpu_memory_utilization, extra=dict(evaluation.engine_args or {}),
+        gpu_memory_utilization=evaluation.gpu_memory_utilization,
+        **engine_overrides(evaluation.engine_args or {}, "evaluation.engine_args"),
     )
     return EvaluationSession(arms, resolved, store, settings=settings, batch_size=evaluation.batch_size,
-                             cross_arm=evaluation.cross_arm, chat_template=evaluation.chat_template)
+                             cross_arm=evaluation.cross_arm)
 
 
 def look_summary(decision: Decision) -> list[str]:
@@ -298,7 +311,7 @@ def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:
     for (arm, task), rows in items.items():
         path = child(child(out / ITEMS_DIR, arm, "arm"), f"{task}.jsonl", "task")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(path, (r.to_json() for r in rows))
+        write_jsonl_atomic(path, (r.summary() for r in rows))
 
 
 def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list[Item]],

@@ -1,0 +1,97 @@
+"""MLflow tracking against a real local MLflow file store (no server, no network).
+
+The PROMOTE path (a registered model version and its alias) is exercised by the real PROMOTE run in
+``test_run_e2e.py``; here a finished REJECT run is recorded and every bad ``tracking.mlflow`` input
+is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from release_gate.cli import main
+from release_gate.config import MlflowSection, load_run_config
+from release_gate.errors import BadInput
+from release_gate.integrations import mlflow_tracking
+from release_gate.schema import TRACKING_FILE
+
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run"
+
+
+@pytest.fixture
+def file_store(tmp_path, monkeypatch) -> str:
+    """A local MLflow file store (MLflow ≥ 3.7 wants an explicit opt-in for it)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (tmp_path / "mlruns").as_uri()
+
+
+def test_a_reject_is_recorded_with_scores_and_artifacts_and_registers_nothing(tmp_path, file_store):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run_dir)
+    document = json.loads((run_dir / "decision.json").read_text())
+    settings = MlflowSection(tracking_uri=file_store, experiment="gates", registered_model="adapter",
+                             tags={"team": "nlp"})
+    recorded = mlflow_tracking.record(mlflow_tracking.connect(settings), run_dir, document)
+
+    assert json.loads((run_dir / TRACKING_FILE).read_text()) == recorded
+    assert recorded["version"] is None and recorded["registered_model"] is None
+    client = MlflowClient(tracking_uri=file_store, registry_uri=file_store)
+    run = client.get_run(recorded["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.tags["release_gate.outcome"] == "REJECT" and run.data.tags["team"] == "nlp"
+    assert run.data.tags["release_gate.adapter_sha256"] == document["provenance"]["adapter_sha256"]
+    for arm, record in document["arms"].items():
+        for task, score in record["scores"].items():
+            assert run.data.metrics[mlflow_tracking.key("score", arm, task)] == pytest.approx(score["mean"])
+            assert run.data.metrics[mlflow_tracking.key("n", arm, task)] == score["n"]
+    for arm, verdict in document["variants"].items():
+        assert run.data.metrics[mlflow_tracking.key("p_value", arm)] == pytest.approx(verdict["p_value"])
+    assert run.data.metrics["promoted"] == 0
+    assert run.data.params["gate.alpha"] == str(document["gate"]["alpha"])
+    assert run.data.params["task.ifeval.max_drop"] == str(document["tasks"]["ifeval"]["max_drop"])
+    logged = {a.path for a in client.list_artifacts(recorded["run_id"], mlflow_tracking.ARTIFACT_DIR)}
+    assert {"release-gate/decision.json", "release-gate/summary.md"} <= logged
+    assert not client.search_registered_models()  # nothing promoted, nothing registered
+
+
+def test_a_second_run_lands_in_the_same_experiment(tmp_path, file_store):
+    settings = MlflowSection(tracking_uri=file_store)
+    ids = set()
+    for name in ("a", "b"):
+        shutil.copytree(FIXTURE_RUN, tmp_path / name)
+        document = json.loads((tmp_path / name / "decision.json").read_text())
+        ids.add(mlflow_tracking.record(mlflow_tracking.connect(settings), tmp_path / name, document)["experiment_id"])
+    assert len(ids) == 1
+
+
+def test_the_file_store_without_its_opt_in_is_a_clear_bad_input(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(BadInput, match="tracking.mlflow.tracking_uri: .*MLFLOW_ALLOW_FILE_STORE"):
+        mlflow_tracking.connect(MlflowSection(tracking_uri=(tmp_path / "mlruns").as_uri()))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(BadInput, match="MLFLOW_TRACKING_URI is empty"):
+        mlflow_tracking.connect(MlflowSection())
+
+
+def test_a_local_directory_is_relative_to_the_config(tmp_path):
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"base_model": "m", "adapter": "a", "targets": [{"task": "t", "metric": "acc"}],
+                                    "tracking": {"mlflow": {"tracking_uri": "../mlruns"}}}))
+    assert load_run_config(path).tracking.mlflow.tracking_uri == (tmp_path / "mlruns").as_uri()
+
+
+def test_a_bad_tracking_uri_stops_the_run_before_anything_is_written(tmp_path, base_config, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**base_config, "tracking": {"mlflow": {"tracking_uri": "mlruns"}}}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: tracking.mlflow.tracking_uri" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns").exists()
