@@ -37,3 +37,10 @@ def base_config(tmp_path, tiny_adapter_dir, tiny_model_dir) -> dict:
         "targets": [{"task": "commonsense_qa", "metric": "acc", "limit": 4}],
         "guards": [{"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": 0.05, "limit": 2}],
     }
+
+
+@pytest.fixture
+def file_store(tmp_path, monkeypatch) -> str:
+    """A local MLflow file store (MLflow ≥ 3.7 wants an explicit opt-in for it)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (tmp_path / "mlruns").as_uri()

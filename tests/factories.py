@@ -108,3 +108,14 @@ def write_heldout_task(rows: list[dict], indices: range, directory: Path) -> Pat
     data.write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
     write_json_task(HELDOUT_TASK, data, directory)
     return directory
+
+
+def promote_in(document: dict, arm: str, sha256: str) -> dict:
+    """A stored run's ``decision.json`` turned into a PROMOTE of ``arm`` (the fields the gate sets on one).
+
+    Used with the committed fixture run (a real run's outputs) where a test needs the PROMOTE branch of a
+    writer or reader that takes the decision document as data.
+    """
+    promoted = {**document, "outcome": "PROMOTE", "promoted": {"arm": arm, "sha256": sha256, "path": "promoted"}}
+    promoted["reasons"] = [f"PROMOTE {arm}: test", *document["reasons"][1:]]
+    return promoted

@@ -1,8 +1,8 @@
 """MLflow tracking against a real local MLflow file store (no server, no network).
 
-The PROMOTE path (a registered model version and its alias) is exercised by the real PROMOTE run in
-``test_run_e2e.py``; here a finished REJECT run is recorded and every bad ``tracking.mlflow`` input
-is refused before anything is written.
+Here a finished REJECT run is recorded and every bad ``tracking.mlflow`` input is refused before
+anything is written; the PROMOTE path (a registered model version under its alias) is in
+``test_release_lifecycle.py``, on a release the gate's own writer produced.
 """
 
 from __future__ import annotations
@@ -22,13 +22,6 @@ from release_gate.integrations import mlflow_tracking
 from release_gate.schema import TRACKING_FILE
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run"
-
-
-@pytest.fixture
-def file_store(tmp_path, monkeypatch) -> str:
-    """A local MLflow file store (MLflow ≥ 3.7 wants an explicit opt-in for it)."""
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (tmp_path / "mlruns").as_uri()
 
 
 def test_a_reject_is_recorded_with_scores_and_artifacts_and_registers_nothing(tmp_path, file_store):

@@ -17,6 +17,8 @@ from release_gate.reporting.browser import open_report
 from release_gate.reporting.render import index_ranges
 from release_gate.reporting.svg import dodge, element, nice_ticks
 
+from factories import promote_in
+
 FIXTURE = Path(__file__).parent / "fixtures" / "run"
 #: Screenshots for a person to look at (reports/* is gitignored).
 ARTIFACTS = Path(__file__).resolve().parents[1] / "reports" / "test-artifacts"
@@ -149,11 +151,8 @@ def test_model_outputs_and_task_names_render_as_text(run_dir: Path) -> None:
 
 
 def test_promote_highlights_the_winner(run_dir: Path) -> None:
-    document = read(run_dir)
-    winner = next(iter(document["variants"]))
-    document["outcome"] = "PROMOTE"
-    document["promoted"] = {"arm": winner, "sha256": "0" * 64, "path": "promoted"}
-    document["reasons"][0] = f"PROMOTE {winner}: test"
+    winner = next(iter(read(run_dir)["variants"]))
+    document = promote_in(read(run_dir), winner, "0" * 64)
     write(run_dir, document)
     with open_report(render_report(run_dir)) as opened:
         page = opened.page

@@ -17,6 +17,7 @@ from vllm.lora.resolver import LoRAResolverRegistry
 from release_gate.assets import fetch
 from release_gate.cli import main
 from release_gate.files import directory_sha256
+from release_gate.gate.outputs import write_outputs
 from release_gate.integrations import vllm_resolver
 from release_gate.integrations.releases import ADAPTER_FILES, check_release, is_safe_name
 from release_gate.integrations.vllm_resolver import (
@@ -25,29 +26,42 @@ from release_gate.integrations.vllm_resolver import (
     ReleaseGateResolver,
     register,
 )
-from release_gate.schema import SCHEMA_VERSION
 from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 
-from factories import smollm2_adapter
+from factories import promote_in, smollm2_adapter
 from servers import api_server
 
 BASE = "/models/base"
 
 
-def write_decision(entry: Path, outcome: str, sha256: str | None, schema_version: int = SCHEMA_VERSION) -> None:
-    """The fields of a gate decision (docs/run-directory.md) the resolver reads."""
-    promoted = {"arm": "abs_select", "sha256": sha256, "path": "promoted"} if sha256 else None
-    decision = {"schema_version": schema_version, "outcome": outcome, "promoted": promoted,
-                "reasons": [f"test decision: {outcome}"]}
-    (entry / "decision.json").write_text(json.dumps(decision, indent=2))
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run"
+
+
+def gate_decision(outcome: str, arm: str, sha256: str | None) -> dict:
+    """A real run's ``decision.json`` (the committed fixture) with ``outcome``; a PROMOTE names ``arm``."""
+    document = json.loads((FIXTURE_RUN / "decision.json").read_text())
+    if outcome == "PROMOTE":
+        return promote_in(document, arm, sha256)
+    return {**document, "outcome": outcome, "promoted": None}
+
+
+def edit_decision(entry: Path, **fields) -> None:
+    """Change fields of the decision the gate wrote (a damaged or foreign release)."""
+    path = entry / "decision.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
 
 
 def publish(release_dir: Path, name: str, adapter: Path, *, outcome: str = "PROMOTE", flat: bool = False) -> Path:
-    """A release entry holding ``adapter`` (in ``promoted/`` or flat) and a decision on its current hash."""
+    """A release entry as the gate writes it (``write_outputs``: ``promoted/``, then the decision on its hash);
+    ``flat`` keeps the adapter files beside the gate's decision instead (a hand-assembled release)."""
     entry = release_dir / name
-    files = entry if flat else entry / "promoted"
-    shutil.copytree(adapter, files)
-    write_decision(entry, outcome, directory_sha256(files, ADAPTER_FILES))
+    entry.mkdir(parents=True)
+    document = gate_decision(outcome, "abs_select", directory_sha256(adapter, ADAPTER_FILES))
+    if flat:
+        shutil.copytree(adapter, entry, dirs_exist_ok=True)
+        (entry / "decision.json").write_text(json.dumps(document))
+    else:
+        write_outputs(entry, document, {"abs_select": adapter})
     return entry
 
 
@@ -98,11 +112,11 @@ def refuse_missing_decision(entry: Path) -> None:
 
 
 def refuse_future_schema(entry: Path) -> None:
-    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=3)
+    edit_decision(entry, schema_version=3)
 
 
 def refuse_release_gate_0_1(entry: Path) -> None:
-    write_decision(entry, "PROMOTE", directory_sha256(entry / "promoted", ADAPTER_FILES), schema_version=1)
+    edit_decision(entry, schema_version=1)
 
 
 def refuse_broken_json(entry: Path) -> None:
@@ -110,7 +124,7 @@ def refuse_broken_json(entry: Path) -> None:
 
 
 def refuse_promote_without_hash(entry: Path) -> None:
-    write_decision(entry, "PROMOTE", None)
+    edit_decision(entry, promoted={"arm": "abs_select", "sha256": None, "path": "promoted"})
 
 
 def refuse_missing_weights(entry: Path) -> None:
@@ -126,12 +140,12 @@ def refuse_tampered_config(entry: Path) -> None:
     config.write_text(config.read_text().replace('"r": 8', '"r": 9'))
 
 
-def refuse_reject(entry: Path) -> None:
-    write_decision(entry, "REJECT", None)
+def refuse_reject(entry: Path) -> None:  # a later run decided again: the gate withdraws promoted/
+    write_outputs(entry, gate_decision("REJECT", "abs_select", None), {})
 
 
 def refuse_inconclusive(entry: Path) -> None:
-    write_decision(entry, "INCONCLUSIVE", None)
+    write_outputs(entry, gate_decision("INCONCLUSIVE", "abs_select", None), {})
 
 
 @pytest.mark.parametrize(("damage", "reason"), [

@@ -29,8 +29,8 @@ from ..schema import (
 from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 from .criteria import pts
 
-#: What is copied from the winning variant into ``promoted/``.
-ADAPTER_FILES = (CONFIG_FILE, SAFETENSORS_FILE, SIDECAR_FILE)
+#: What ``promoted/`` holds besides the model card: the adapter (what the resolver hashes) and its edit record.
+PROMOTED_FILES = (CONFIG_FILE, SAFETENSORS_FILE, SIDECAR_FILE)
 
 
 def summary_markdown(document: dict[str, Any]) -> str:
@@ -139,7 +139,7 @@ def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any]) -> Path:
     """Write ``promoted/`` atomically: a temp dir filled and fsynced, then one rename."""
     target = Path(run_dir) / PROMOTED_DIR
     with atomic_directory(target) as tmp:
-        for name in ADAPTER_FILES:
+        for name in PROMOTED_FILES:
             if (Path(variant_dir) / name).is_file():
                 shutil.copy2(Path(variant_dir) / name, tmp / name)
         (tmp / MODEL_CARD_FILE).write_text(model_card(document), encoding="utf-8")
