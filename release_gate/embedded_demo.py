@@ -12,7 +12,6 @@ everything it shows is the product itself."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -27,9 +26,9 @@ from .assets import Assets, default_cache_dir, fetch
 from .config import load_run_config
 from .constants import DEFAULT_TARGETS
 from .evaluation.tasks import write_template_task
-from .files import atomic_directory, content_key, write_text_atomic
+from .files import atomic_directory, content_key, read_jsonl, write_jsonl_atomic, write_text_atomic
 from .pipeline import RunResult, prepare_run_dir, run
-from .surgery.adapter import load_adapter
+from .surgery.adapter import SAFETENSORS_FILE, load_adapter
 from .surgery.calibration import CalibrationConfig, Example, answer_nll, encode, length_buckets
 from .surgery.inspect import diagnose, format_text
 
@@ -92,7 +91,7 @@ def write_generative_task(rows: list[dict[str, Any]], indices: range, directory:
     """``commonsense_qa_gen`` (the answer in words) over the held-out rows only."""
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / f"{TARGET_TASK}.jsonl"
-    write_text_atomic(data, "".join(json.dumps(rows[i]) + "\n" for i in indices))
+    write_jsonl_atomic(data, (rows[i] for i in indices))
     write_template_task("commonsense_qa_gen", directory, TARGET_TASK, data)
     return directory
 
@@ -100,10 +99,9 @@ def write_generative_task(rows: list[dict[str, Any]], indices: range, directory:
 def write_slice(rows: list[dict[str, Any]], indices: range, path: Path) -> Path:
     """Prompt/answer rows in the target's format (the question with its options; the answer in words),
     rendered through the chat template by ``template: chat`` when trained on or calibrated with."""
-    lines = [json.dumps({"prompt": csqa_prompt(rows[i])[0], "answer": csqa_answer(rows[i]), "id": rows[i]["id"]})
-             for i in indices]
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    return write_jsonl_atomic(path, ({"prompt": csqa_prompt(rows[i])[0], "answer": csqa_answer(rows[i]), "id": rows[i]["id"]}
+                                     for i in indices))
 
 
 def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: TrainingRecipe) -> Path:
@@ -119,7 +117,7 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
                         lora_dropout=0.0, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     chat = CalibrationConfig(train_file, template="chat")  # the chat template renders prompts, as at evaluation
-    rows = [json.loads(line) for line in train_file.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(train_file)
     encoded = [encode(Example(i, i + 1, r["prompt"], r["answer"]), tokenizer, chat) for i, r in enumerate(rows)]
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate)
@@ -149,7 +147,7 @@ def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: Trai
     """The cached demo adapter, trained on first use."""
     key = content_key([recipe.__dict__, train_file.read_text()])
     path = cache_dir / "demo" / f"adapter-{key}"
-    if not (path / "adapter_model.safetensors").is_file():
+    if not (path / SAFETENSORS_FILE).is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         train_demo_adapter(assets.model_dir, train_file, path, recipe)
     stable = cache_dir / "demo" / "adapter"  # the name examples/smollm2-offline.yaml uses
@@ -207,7 +205,7 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = Demo
     cache_dir = Path(cache_dir or default_cache_dir())
     prepare_run_dir(out_dir, cache_dir / "demo", resume=True)
     assets = fetch(cache_dir)
-    rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(assets.commonsense_qa)
     slices = DemoSlices()
     demo_dir = cache_dir / "demo"
     train_file = write_slice(rows, slices.train, demo_dir / "data" / "csqa_train.jsonl")

@@ -182,6 +182,8 @@ class Plan:
     resolved: list[ResolvedTask]
     exclude: list[Path]
     design: Design
+    #: ``evaluation.engine_args`` as checked engine-setting overrides (empty in server mode)
+    engine_overrides: dict[str, Any]
 
 
 def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
@@ -192,8 +194,9 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     needy = [p.name for p in policies if p.needs_calibration]
     if needy and config.calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
-    if config.evaluation.server is None:  # vLLM's own names, refused here rather than after an hour
-        engine_overrides(config.evaluation.engine_args or {}, "evaluation.engine_args")
+    overrides: dict[str, Any] = {}  # vLLM's own names, refused here rather than after an hour
+    if config.evaluation.server is None:
+        overrides = engine_overrides(config.evaluation.engine_args or {}, "evaluation.engine_args")
     exclude = local_data_files(resolved)
     if needy:  # the rows, their count and their overlap with the evaluation data, before anything is written
         check_no_overlap(read_examples(config.calibration)[0], exclude)
@@ -201,7 +204,7 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
                     {t.request.name: t.size for t in resolved}, tuple(p.name for p in policies),
                     tuple(c.name for c in controls), with_base=True,
                     available={t.request.name: t.available for t in resolved})
-    return Plan(policies, controls, resolved, exclude, design)
+    return Plan(policies, controls, resolved, exclude, design, overrides)
 
 
 def run(config: RunConfig, resume: bool = False) -> RunResult:
@@ -230,7 +233,7 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
             *(Arm.from_adapter(variant.name, path) for path, variant in written)]
     since = time.perf_counter()
-    with evaluation_session(config, arms, plan.resolved, ItemStore(cache_dir / "items")) as session:
+    with evaluation_session(config, arms, plan, ItemStore(cache_dir / "items")) as session:
         decision = run_gate(plan.design, session.fetch)
     timer.stage("evaluation_and_gate", since)
     for line in look_summary(decision):
@@ -248,8 +251,7 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     return RunResult(out, document)
 
 
-def evaluation_session(config: RunConfig, arms: list[Arm], resolved: list[ResolvedTask], store: ItemStore
-                       ) -> EvaluationSession:
+def evaluation_session(config: RunConfig, arms: list[Arm], plan: Plan, store: ItemStore) -> EvaluationSession:
     """Scores on demand for the gate's looks: one in-process engine (started only if needed) or a server."""
     evaluation = config.evaluation
     if evaluation.server is not None:
@@ -259,13 +261,13 @@ def evaluation_session(config: RunConfig, arms: list[Arm], resolved: list[Resolv
         endpoint = server_mode.Server(server.url, server.model or config.base_model, server.tokenizer or config.base_model,
                                       api_key=server.api_key, concurrency=server.concurrency,
                                       batch_size=server.batch_size, timeout=server.timeout, retries=server.max_retries)
-        return EvaluationSession(arms, resolved, store, server=endpoint)
+        return EvaluationSession(arms, plan.resolved, store, server=endpoint)
     settings = EngineSettings.for_arms(
         config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
         gpu_memory_utilization=evaluation.gpu_memory_utilization,
-        **engine_overrides(evaluation.engine_args or {}, "evaluation.engine_args"),
+        **plan.engine_overrides,
     )
-    return EvaluationSession(arms, resolved, store, settings=settings, batch_size=evaluation.batch_size,
+    return EvaluationSession(arms, plan.resolved, store, settings=settings, batch_size=evaluation.batch_size,
                              cross_arm=evaluation.cross_arm)
 
 

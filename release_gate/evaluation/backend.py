@@ -24,8 +24,6 @@ from ..errors import BadInput
 from .engine import Arm, Engine, EngineSettings, engine_overrides
 
 DEFAULT_MAX_GEN_TOKS = 256
-#: lm-eval's names for "the adapter to evaluate" (its ``vllm`` and ``hf`` backends), all accepted.
-ADAPTER_ARGS = ("lora", "peft", "lora_local_path")
 logger = logging.getLogger(__name__)
 #: Engines started for lm-eval's own CLI, by settings: every adapter of one invocation shares one.
 _ENGINES: dict[str, Engine] = {}
@@ -246,8 +244,9 @@ def standalone(pretrained: str | None, adapter: str | None, adapters: str | None
     if not pretrained:
         raise BadInput("model_args: pretrained=<base model directory or name> is required")
     check_device(device)
-    paths = [p for p in (adapters or "").split("|") if p] or ([adapter] if adapter else [])
-    if adapter and Path(adapter).resolve() not in {Path(p).resolve() for p in paths}:
+    paths = [p for p in (adapters or "").split("|") if p]
+    mine = Path(adapter).resolve() if adapter else None
+    if mine is not None and mine not in {Path(p).resolve() for p in paths}:
         paths.append(adapter)
     arms = [Arm.from_adapter(Path(p).name or "lora", p) for p in paths]
     settings = EngineSettings.for_arms(pretrained, arms or [Arm.base()], **engine_overrides(engine_args, "model_args"))
@@ -255,8 +254,7 @@ def standalone(pretrained: str | None, adapter: str | None, adapters: str | None
     if engine is None:
         logger.info("release-gate backend: one vLLM engine for %d adapter(s) of %s", len(arms), pretrained)
         engine = _ENGINES[settings.key()] = Engine(settings)
-    mine = next((a for a in arms if adapter and a.adapter == Path(adapter).resolve()), Arm.base())
-    return engine, mine
+    return engine, next((a for a in arms if a.adapter == mine), Arm.base())
 
 
 def check_device(device: str | None) -> None:
