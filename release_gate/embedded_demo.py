@@ -3,7 +3,8 @@
 Base SmolLM2-135M-Instruct from the packaged assets; a demo LoRA adapter (r 8 on o_proj/down_proj, the
 modules Spectral Surgery edits) trained here with PEFT on 712 CommonsenseQA rows and cached; calibration
 on 128 disjoint rows; the target is CommonsenseQA answered in words through the chat template over the
-381 held-out rows; the guard is IFEval through the chat template. Every choice was measured
+381 held-out rows; the guard is IFEval's single-instruction prompts through the chat template. Every
+choice was measured
 (docs/demo-recipes.md): lm-eval's letter-scored CommonsenseQA does not move for a 135M model (+2.5
 points, p = 0.125), the answer-in-words format does (+6.3 points, exact p = 0.019), IFEval without the
 chat template scores 0 for every arm, and LoRA on all seven projections costs 3.7× the evaluation time
@@ -12,6 +13,7 @@ everything it shows is the product itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -25,7 +27,7 @@ import yaml
 from .assets import Assets, default_cache_dir, fetch
 from .config import load_run_config
 from .constants import DEFAULT_TARGETS
-from .evaluation.tasks import write_template_task
+from .evaluation.tasks import OFFLINE_TASKS, write_json_task, write_template_task
 from .files import atomic_directory, content_key, read_jsonl, write_jsonl_atomic, write_text_atomic
 from .pipeline import RunResult, prepare_run_dir, run
 from .surgery.adapter import SAFETENSORS_FILE, load_adapter
@@ -96,6 +98,26 @@ def write_generative_task(rows: list[dict[str, Any]], indices: range, directory:
     return directory
 
 
+#: The demo's guard: IFEval's prompts with exactly one instruction (305 of 541), through the chat template.
+GUARD_TASK = "ifeval_single"
+
+
+def write_single_instruction_ifeval(ifeval: Path, directory: Path) -> Path:
+    """lm-eval's IFEval over its single-instruction prompts only.
+
+    SmolLM2-135M satisfies almost no prompt that stacks two or three instructions (the base model passed
+    none of the 32 in a 64-prompt sample, 6 of the 32 single ones): those prompts score 0 for every arm, so
+    they cannot show a drop and only dilute the guard. On one instruction the prompt-level score is the
+    instruction-following rate, which this model has and an edit can take away.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / f"{GUARD_TASK}.jsonl"
+    write_jsonl_atomic(data, (r for r in read_jsonl(ifeval) if len(r["instruction_id_list"]) == 1))
+    ifeval_task = next(t for t in OFFLINE_TASKS if t.name == "ifeval")
+    write_json_task(dataclasses.replace(ifeval_task, name=GUARD_TASK), data, directory)
+    return directory
+
+
 def write_slice(rows: list[dict[str, Any]], indices: range, path: Path) -> Path:
     """Prompt/answer rows in the target's format (the question with its options; the answer in words),
     rendered through the chat template by ``template: chat`` when trained on or calibrated with."""
@@ -161,7 +183,7 @@ def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: Trai
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much of the held-out target and the IFEval guard the demo scores, and the guard's budget.
+    """How much of the held-out target and which IFEval guard the demo scores, and the guard's budget.
 
     The budget is not below the guard's planned minimum detectable effect at this n (the plan prints
     both): a smaller budget could not be shown kept, and every variant would fail it by construction.
@@ -171,16 +193,17 @@ class DemoSize:
     guard_limit: int | None = 64
     guard_max_gen_toks: int | None = 128
     guard_budget: float = 0.20
+    guard_task: str = GUARD_TASK
 
 
 #: ``--full``: all 541 IFEval prompts at IFEval's own token cap (the budget can then be tighter).
-FULL = DemoSize(None, None, None, 0.10)
+FULL = DemoSize(None, None, None, 0.10, "ifeval")
 
 
 def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path, out_dir: Path,
                 cache_dir: Path, size: DemoSize) -> dict[str, Any]:
     """The run config the demo executes (written to ``<out>/config.yaml`` so it can be re-run by hand)."""
-    guard: dict[str, Any] = {"task": "ifeval", "metric": "prompt_level_strict_acc", "max_drop": size.guard_budget,
+    guard: dict[str, Any] = {"task": size.guard_task, "metric": "prompt_level_strict_acc", "max_drop": size.guard_budget,
                              "chat_template": True}
     guard.update({k: v for k, v in (("limit", size.guard_limit), ("max_gen_toks", size.guard_max_gen_toks))
                   if v is not None})
@@ -210,7 +233,8 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = Demo
     demo_dir = cache_dir / "demo"
     train_file = write_slice(rows, slices.train, demo_dir / "data" / "csqa_train.jsonl")
     calib_file = write_slice(rows, slices.calibration, demo_dir / "data" / "csqa_calibration.jsonl")
-    tasks = write_generative_task(rows, slices.evaluation, demo_dir / "tasks")
+    tasks = write_single_instruction_ifeval(assets.ifeval,
+                                            write_generative_task(rows, slices.evaluation, demo_dir / "tasks"))
     recipe = TrainingRecipe()
     logger.info("demo adapter: r %d, α %d on %s, %d CommonsenseQA rows (answers in words, chat template), "
                 "%d epochs, lr %g with warm-up and cosine decay", recipe.r, recipe.lora_alpha,

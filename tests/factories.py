@@ -119,3 +119,89 @@ def promote_in(document: dict, arm: str, sha256: str) -> dict:
     promoted = {**document, "outcome": "PROMOTE", "promoted": {"arm": arm, "sha256": sha256, "path": "promoted"}}
     promoted["reasons"] = [f"PROMOTE {arm}: test", *document["reasons"][1:]]
     return promoted
+
+
+def loss_gradients(base_model: Path, adapter_dir: Path, rows_file: Path, n: int) -> dict[str, torch.Tensor]:
+    """``∂L/∂W`` (float64, out×in) of every adapted module, at the adapter, over ``n`` chat-template rows.
+
+    ``L`` is the product's calibration loss (summed mean answer NLL, :func:`answer_nll`); the gradient of a
+    linear layer is ``Σ_t δ_t x_tᵀ``, accumulated by hooks on the merged model.
+    """
+    from release_gate.surgery.adapter import load_adapter
+    from release_gate.surgery.calibration import (
+        CalibrationConfig,
+        answer_nll,
+        encode,
+        length_buckets,
+        load_merged_model,
+        read_examples,
+    )
+
+    adapter = load_adapter(adapter_dir)
+    model, tokenizer = load_merged_model(str(base_model), adapter, "cpu", torch.float32)
+    cfg = CalibrationConfig(rows_file, n=n, template="chat")
+    encoded = [encode(e, tokenizer, cfg) for e in read_examples(cfg)[0]]
+    named = dict(model.named_modules())
+    grads = {m.name: torch.zeros(named[m.name].weight.shape, dtype=torch.float64) for m in adapter.modules.values()}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def leaf_input(name: str):
+        def hook(module, args):
+            inputs[name] = args[0].detach()
+            return (args[0] if args[0].requires_grad else inputs[name].requires_grad_(True), *args[1:])
+        return hook
+
+    def accumulate(name: str):
+        def add(grad: torch.Tensor) -> None:
+            grads[name] += torch.einsum("bto,bti->oi", grad.double(), inputs[name].double())
+
+        def hook(module, args, output):
+            output.register_hook(add)
+        return hook
+
+    handles = [h for name in grads for h in (named[name].register_forward_pre_hook(leaf_input(name)),
+                                             named[name].register_forward_hook(accumulate(name)))]
+    try:
+        for rows in length_buckets(encoded, 8):
+            answer_nll(model, encoded, rows, tokenizer.pad_token_id or 0).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grads
+
+
+def corrupt_along_ascent(base_model: Path, adapter_dir: Path, rows_file: Path, out: Path, *, n: int,
+                         kappa: float) -> Path:
+    """A copy of ``adapter_dir`` whose smallest singular component in every module is replaced by a harmful one.
+
+    The new component is ``κ·σ₁·p qᵀ`` with ``(p, q)`` the top singular pair of ``∂L/∂W`` at the adapter: the
+    direction in which the loss on ``rows_file`` rises fastest. Spectral Surgery's premise is that such a
+    component shows a large positive sensitivity on *other* rows of the task (the gate's calibration slice),
+    so grad_direction suppresses it while a random edit of the same size keeps it. Same rank, same config.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
+    from release_gate.surgery.spectral import thin_svd
+
+    grads = loss_gradients(base_model, adapter_dir, rows_file, n)
+    adapter = load_adapter(adapter_dir)
+    tensors = load_file(Path(adapter_dir) / SAFETENSORS_FILE)
+    for module in adapter.modules.values():
+        spectrum = thin_svd(module.B, module.A, module.scale)
+        sigma = spectrum.sigma.clone()
+        p, _, qt = torch.linalg.svd(grads[module.name], full_matrices=False)
+        U = torch.cat([spectrum.U[:, :-1], p[:, :1]], dim=1)
+        V = torch.cat([spectrum.V[:, :-1], qt[:1].T], dim=1)
+        sigma[-1] = kappa * sigma[0]
+        delta = (U * sigma) @ V.T  # rank r again; re-factored so that B·A carries it exactly
+        u, s, vt = torch.linalg.svd(delta, full_matrices=False)
+        r = module.rank
+        tensors[module.b_key] = (u[:, :r] * s[:r] / module.scale).to(tensors[module.b_key].dtype).contiguous()
+        tensors[module.a_key] = vt[:r].to(tensors[module.a_key].dtype).contiguous()
+    out.mkdir(parents=True)
+    shutil.copy2(Path(adapter_dir) / CONFIG_FILE, out / CONFIG_FILE)
+    save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
+    return out

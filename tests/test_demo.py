@@ -13,7 +13,7 @@ import pytest
 
 from release_gate.assets import default_cache_dir
 from release_gate.cli import main
-from release_gate.embedded_demo import DEMO_CONTROL_PARAMS, DEMO_POLICIES, DemoSize, run_demo
+from release_gate.embedded_demo import DEMO_CONTROL_PARAMS, DEMO_POLICIES, GUARD_TASK, DemoSize, run_demo
 from release_gate.schema import EXIT_CODES
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -35,7 +35,7 @@ def test_demo_runs_the_gate_and_reruns_from_cache(tmp_path, caplog):
                                      "random_index@2"}
     assert decision["arms"]["random_index@0"]["policy"]["amp_factor"] == DEMO_CONTROL_PARAMS["amp_factor"]
     assert decision["tasks"]["commonsense_qa_gen_heldout"]["role"] == "target"
-    assert decision["tasks"]["ifeval"]["role"] == "guard"
+    assert decision["tasks"][GUARD_TASK]["role"] == "guard"
     for name in ("report.html", "summary.md", "junit.xml", "inspect.json", "config.yaml"):
         assert (out / name).is_file(), name
     assert json.loads((out / "inspect.json").read_text())["n_modules"] == 60

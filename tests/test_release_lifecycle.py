@@ -7,7 +7,8 @@ withdraws ``promoted/`` and the resolver refuses it.
 
 The decision documents are the committed fixture run's (a real SmolLM2 run's ``decision.json``) with the
 PROMOTE fields the gate sets on one; every release file is written by the gate's own ``write_outputs``
-(which calls ``promote``). No honest PROMOTE could be constructed on SmolLM2 itself (docs/demo-recipes.md).
+(which calls ``promote``), so every branch runs in seconds; a PROMOTE decided by a real engine on SmolLM2 is
+in ``test_gate_outcomes.py``.
 """
 
 from __future__ import annotations
