@@ -31,7 +31,7 @@ CHUNK = re.compile(r"^(\S+): (\d+) new items for (.+)$")
 
 def test_two_runs_share_one_cache(tmp_path):
     assets = fetch()
-    rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(assets.commonsense_qa)
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text("".join(json.dumps(dict(zip(("prompt", "answer"), csqa_prompt(rows[i])))) + "\n"
                                    for i in range(512, 536)))

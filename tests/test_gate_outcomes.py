@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 def test_an_adapter_the_engine_does_not_apply_stops_the_run_at_the_canary(tmp_path, capsys):
     assets = fetch()
-    rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(assets.commonsense_qa)
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text("".join(json.dumps(dict(zip(("prompt", "answer"), csqa_prompt(rows[i])))) + "\n"
                                    for i in range(512, 520)))

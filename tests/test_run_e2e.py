@@ -18,7 +18,7 @@ import yaml
 from release_gate.assets import fetch
 from release_gate.cli import main
 from release_gate.embedded_demo import csqa_prompt
-from release_gate.files import file_sha256
+from release_gate.files import file_sha256, read_jsonl
 from release_gate.schema import EXIT_CODES
 
 from factories import smollm2_adapter, write_heldout_task
@@ -41,7 +41,7 @@ def _isolated_cache(cache: Path, shared: Path) -> Path:
 def setup(tmp_path_factory):
     assets = fetch()
     root = tmp_path_factory.mktemp("gate")
-    rows = [json.loads(line) for line in assets.commonsense_qa.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(assets.commonsense_qa)
     calibration = root / "calibration.jsonl"
     calibration.write_text("".join(
         json.dumps(dict(zip(("prompt", "answer"), csqa_prompt(rows[i])))) + "\n" for i in range(512, 544)))
