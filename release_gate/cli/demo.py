@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rows (answers in words, chat template), and run the gate on it: calibration on 128 disjoint rows, "
         "every policy and three random_index seeds, target = CommonsenseQA answered in words on the 381 "
         "held-out rows, guard = IFEval's single-instruction prompts through the chat template (64 of the 305, "
-        "≤128 tokens, budget 20 points, its planned MDE; --full: all 541 prompts at IFEval's own token cap, budget 10 points), then "
+        "≤128 tokens, budget 20 points, above its planned MDE of 15.5; --full: all 541 prompts at IFEval's own token cap, budget 10 points), then "
         "decision.json, summary.md, junit.xml and report.html. A re-run reuses every cache.",
         epilog=RUN_EPILOG,
     )
