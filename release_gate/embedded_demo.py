@@ -233,8 +233,8 @@ def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = Demo
     demo_dir = cache_dir / "demo"
     train_file = write_slice(rows, slices.train, demo_dir / "data" / "csqa_train.jsonl")
     calib_file = write_slice(rows, slices.calibration, demo_dir / "data" / "csqa_calibration.jsonl")
-    tasks = write_single_instruction_ifeval(assets.ifeval,
-                                            write_generative_task(rows, slices.evaluation, demo_dir / "tasks"))
+    tasks = write_generative_task(rows, slices.evaluation, demo_dir / "tasks")
+    write_single_instruction_ifeval(assets.ifeval, tasks)  # the guard, beside the target
     recipe = TrainingRecipe()
     logger.info("demo adapter: r %d, α %d on %s, %d CommonsenseQA rows (answers in words, chat template), "
                 "%d epochs, lr %g with warm-up and cosine decay", recipe.r, recipe.lora_alpha,

@@ -70,33 +70,6 @@ def smollm2_adapter(model_dir: Path, out: Path, *, seed: int, **kwargs) -> Path:
     return make_adapter(base, out, seed=seed, **options)
 
 
-def inflate_tail(adapter_dir: Path, out: Path, *, k: int, factor: float) -> Path:
-    """A copy of ``adapter_dir`` whose ``k`` smallest singular components (per module) are ``factor``× larger.
-
-    The corruption Spectral Surgery exists to repair (paper §3): directions that carry little of the
-    adapter's signal now dominate its update. Written with the library's own exact thin SVD and gauge
-    rebuild, so every other component is unchanged.
-    """
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
-    from release_gate.surgery.spectral import rebuild_gauge, thin_svd
-
-    adapter = load_adapter(adapter_dir)
-    tensors = load_file(Path(adapter_dir) / SAFETENSORS_FILE)
-    for module in adapter.modules.values():
-        spectrum = thin_svd(module.B, module.A, module.scale)
-        alpha = torch.ones(module.rank, dtype=torch.float64)
-        alpha[module.rank - k:] = factor
-        tensors[module.a_key] = rebuild_gauge(module.A, spectrum, alpha).to(tensors[module.a_key].dtype).contiguous()
-    out.mkdir(parents=True)
-    shutil.copy2(Path(adapter_dir) / CONFIG_FILE, out / CONFIG_FILE)
-    save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
-    return out
-
-
 HELDOUT_TASK = OfflineTask("commonsense_qa_heldout", "commonsense_qa/default.yaml", "commonsense_qa", "validation",
                            (("training_split", None),))
 
@@ -196,11 +169,9 @@ def corrupt_along_ascent(base_model: Path, adapter_dir: Path, rows_file: Path, o
         U = torch.cat([spectrum.U[:, :-1], p[:, :1]], dim=1)
         V = torch.cat([spectrum.V[:, :-1], qt[:1].T], dim=1)
         sigma[-1] = kappa * sigma[0]
-        delta = (U * sigma) @ V.T  # rank r again; re-factored so that B·A carries it exactly
-        u, s, vt = torch.linalg.svd(delta, full_matrices=False)
-        r = module.rank
-        tensors[module.b_key] = (u[:, :r] * s[:r] / module.scale).to(tensors[module.b_key].dtype).contiguous()
-        tensors[module.a_key] = vt[:r].to(tensors[module.a_key].dtype).contiguous()
+        # scale·B·A = U diag(σ) Vᵀ: rank r, the same shapes (p need not be orthogonal to the kept columns)
+        tensors[module.b_key] = (U * sigma / module.scale).to(tensors[module.b_key].dtype).contiguous()
+        tensors[module.a_key] = V.T.to(tensors[module.a_key].dtype).contiguous()
     out.mkdir(parents=True)
     shutil.copy2(Path(adapter_dir) / CONFIG_FILE, out / CONFIG_FILE)
     save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
