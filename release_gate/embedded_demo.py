@@ -13,7 +13,6 @@ everything it shows is the product itself."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -27,7 +26,7 @@ import yaml
 from .assets import Assets, default_cache_dir, fetch
 from .config import load_run_config
 from .constants import DEFAULT_TARGETS
-from .evaluation.tasks import OFFLINE_TASKS, write_json_task, write_template_task
+from .evaluation.tasks import write_ifeval_task, write_template_task
 from .files import atomic_directory, content_key, read_jsonl, write_jsonl_atomic, write_text_atomic
 from .pipeline import RunResult, prepare_run_dir, run
 from .surgery.adapter import SAFETENSORS_FILE, load_adapter
@@ -110,12 +109,8 @@ def write_single_instruction_ifeval(ifeval: Path, directory: Path) -> Path:
     they cannot show a drop and only dilute the guard. On one instruction the prompt-level score is the
     instruction-following rate, which this model has and an edit can take away.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    data = directory / f"{GUARD_TASK}.jsonl"
-    write_jsonl_atomic(data, (r for r in read_jsonl(ifeval) if len(r["instruction_id_list"]) == 1))
-    ifeval_task = next(t for t in OFFLINE_TASKS if t.name == "ifeval")
-    write_json_task(dataclasses.replace(ifeval_task, name=GUARD_TASK), data, directory)
-    return directory
+    return write_ifeval_task(GUARD_TASK, (r for r in read_jsonl(ifeval) if len(r["instruction_id_list"]) == 1),
+                             directory)
 
 
 def write_slice(rows: list[dict[str, Any]], indices: range, path: Path) -> Path:

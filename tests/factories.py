@@ -143,14 +143,62 @@ def loss_gradients(base_model: Path, adapter_dir: Path, rows_file: Path, n: int)
     return grads
 
 
-def corrupt_along_ascent(base_model: Path, adapter_dir: Path, rows_file: Path, out: Path, *, n: int,
-                         kappa: float) -> Path:
-    """A copy of ``adapter_dir`` whose smallest singular component in every module is replaced by a harmful one.
+#: One singular component ``σ·p qᵀ`` of a module's ΔW (``p``: out, ``q``: in; unit vectors).
+Component = tuple[torch.Tensor, torch.Tensor, float]
 
-    The new component is ``κ·σ₁·p qᵀ`` with ``(p, q)`` the top singular pair of ``∂L/∂W`` at the adapter: the
-    direction in which the loss on ``rows_file`` rises fastest. Spectral Surgery's premise is that such a
-    component shows a large positive sensitivity on *other* rows of the task (the gate's calibration slice),
-    so grad_direction suppresses it while a random edit of the same size keeps it. Same rank, same config.
+
+def ascent_components(base_model: Path, adapter_dir: Path, rows_file: Path, *, n: int,
+                      kappa: float) -> dict[str, Component]:
+    """Per module, ``κ·σ₁·p qᵀ`` with ``(p, q)`` the top singular pair of ``∂L/∂W`` at the adapter.
+
+    The direction in which the loss on ``rows_file`` rises fastest. Spectral Surgery's premise is that such
+    a component shows a large positive sensitivity on *other* rows of the task (the gate's calibration
+    slice), so grad_direction suppresses it while a random edit of the same size keeps it.
+    """
+    from release_gate.surgery.adapter import load_adapter
+    from release_gate.surgery.spectral import thin_svd
+
+    grads = loss_gradients(base_model, adapter_dir, rows_file, n)
+    out = {}
+    for module in load_adapter(adapter_dir).modules.values():
+        sigma_1 = float(thin_svd(module.B, module.A, module.scale).sigma[0])
+        p, _, qt = torch.linalg.svd(grads[module.name], full_matrices=False)
+        out[module.name] = (p[:, 0], qt[0], kappa * sigma_1)
+    return out
+
+
+def trained_components(base_model: Path, adapter_dir: Path, rows_file: Path, work: Path, *,
+                       epochs: int = 2) -> dict[str, Component]:
+    """Per module, a rank-1 LoRA trained with PEFT on ``rows_file`` on top of the merged adapter.
+
+    What a second fine-tune adds to an adapter (a house style, say), as one component per module that can
+    be written into it: the demo's own trainer, at r 1 on the adapter's modules.
+    """
+    from release_gate.embedded_demo import TrainingRecipe, train_demo_adapter
+    from release_gate.surgery.adapter import load_adapter
+    from release_gate.surgery.calibration import load_merged_model
+
+    adapter = load_adapter(adapter_dir)
+    merged = work / "merged"
+    model, tokenizer = load_merged_model(str(base_model), adapter, "cpu", torch.float32)
+    model.save_pretrained(merged)
+    tokenizer.save_pretrained(merged)
+    targets = tuple(sorted({name.rsplit(".", 1)[-1] for name in adapter.modules}))
+    trained = load_adapter(train_demo_adapter(merged, rows_file, work / "rank1",
+                                              TrainingRecipe(r=1, lora_alpha=2, target_modules=targets,
+                                                             epochs=epochs)))
+    out = {}
+    for name, module in trained.modules.items():
+        b, a = module.B[:, 0].double() * module.scale, module.A[0].double()
+        out[name] = (b / b.norm(), a / a.norm(), float(b.norm() * a.norm()))
+    return out
+
+
+def replace_smallest(adapter_dir: Path, out: Path, components: dict[str, list[Component]]) -> Path:
+    """A copy of ``adapter_dir`` whose smallest singular components are replaced, module by module.
+
+    ``components[module][0]`` takes the smallest slot, ``[1]`` the next, and so on: the same rank and config,
+    so the engine serves it like the original (the new directions need not be orthogonal to the kept ones).
     """
     import shutil
 
@@ -159,17 +207,14 @@ def corrupt_along_ascent(base_model: Path, adapter_dir: Path, rows_file: Path, o
     from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE, load_adapter
     from release_gate.surgery.spectral import thin_svd
 
-    grads = loss_gradients(base_model, adapter_dir, rows_file, n)
     adapter = load_adapter(adapter_dir)
     tensors = load_file(Path(adapter_dir) / SAFETENSORS_FILE)
     for module in adapter.modules.values():
         spectrum = thin_svd(module.B, module.A, module.scale)
-        sigma = spectrum.sigma.clone()
-        p, _, qt = torch.linalg.svd(grads[module.name], full_matrices=False)
-        U = torch.cat([spectrum.U[:, :-1], p[:, :1]], dim=1)
-        V = torch.cat([spectrum.V[:, :-1], qt[:1].T], dim=1)
-        sigma[-1] = kappa * sigma[0]
-        # scale·B·A = U diag(σ) Vᵀ: rank r, the same shapes (p need not be orthogonal to the kept columns)
+        U, V, sigma = spectrum.U.clone(), spectrum.V.clone(), spectrum.sigma.clone()
+        for slot, (p, q, s) in enumerate(components[module.name], start=1):
+            U[:, -slot], V[:, -slot], sigma[-slot] = p, q, s
+        # scale·B·A = U diag(σ) Vᵀ
         tensors[module.b_key] = (U * sigma / module.scale).to(tensors[module.b_key].dtype).contiguous()
         tensors[module.a_key] = V.T.to(tensors[module.a_key].dtype).contiguous()
     out.mkdir(parents=True)

@@ -92,3 +92,18 @@ def test_item_response_is_the_chosen_choice_for_multiple_choice():
                  "acc": 0.0, "filtered_resps": ["a poem"]}
     assert items_from_samples([generated])[0].response == "a poem"
     assert items_from_samples([generated])[0].choice_logprobs is None
+
+
+def test_a_task_written_by_another_environment_names_its_missing_include(tmp_path):
+    """A shared cache keeps task YAMLs whose include points into a virtualenv that is gone: lm-eval says only
+    "unknown task"; the error names the file and the include it lacks."""
+    assets = fetch()
+    directory = write_offline_tasks(assets, tmp_path / "tasks")
+    path = directory / "ifeval.yaml"
+    gone = tmp_path / "old-venv" / "lm_eval" / "tasks" / "ifeval" / "ifeval.yaml"
+    text = path.read_text()
+    path.write_text(text.replace(text.splitlines()[0], f"include: {gone}", 1))
+    with pytest.raises(BadInput) as error:
+        resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc"), task_manager([directory]))
+    assert str(error.value).startswith(f"{path}: its include {gone} does not exist")
+    assert "re-run `release-gate demo`" in str(error.value)

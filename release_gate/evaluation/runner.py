@@ -22,7 +22,7 @@ from ..files import content_key
 from .backend import SharedEngineLM
 from .engine import Arm
 from .store import Item, ItemStore
-from .tasks import CODE_TASKS
+from .tasks import CODE_TASKS, dangling_include
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def resolve_task(request: TaskRequest, manager: Any, sample_seed: int = 0) -> Re
         if request.name in CODE_TASKS:
             raise BadInput(f"task {request.name!r} executes model-written code: it runs only with "
                            "allow_code_execution: true") from None
-        raise BadInput(f"unknown task {request.name!r} ({exc})") from None
+        cause = dangling_include(request.name, getattr(manager, "include_path", None))
+        raise BadInput(cause or f"unknown task {request.name!r} ({exc})") from None
     config = task.config
     metrics = [m["metric"] for m in (config.metric_list or [])]
     filters = [f["name"] for f in (config.filter_list or [])] or ["none"]

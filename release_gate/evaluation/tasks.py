@@ -11,7 +11,9 @@ way; ``include_defaults=False`` keeps lm-eval from scanning its 14k tasks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import yaml
 
 from ..assets import Assets
 from ..errors import BadInput
-from ..files import write_text_atomic
+from ..files import write_jsonl_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ def write_json_task(task: OfflineTask, data_file: Path, directory: Path) -> Path
     return write_text_atomic(directory / f"{task.name}.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
+def write_ifeval_task(name: str, rows: Iterable[dict[str, Any]], directory: Path) -> Path:
+    """lm-eval's IFEval (its checkers and metrics) as task ``name`` over ``rows`` in IFEval's format
+    (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``): a subset of it, or prompts of one's own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = write_jsonl_atomic(directory / f"{name}.jsonl", rows)
+    ifeval = next(t for t in OFFLINE_TASKS if t.name == "ifeval")
+    write_json_task(replace(ifeval, name=name), data, directory)
+    return directory
+
+
 def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: bool = False) -> Path:
     """Write the offline task YAMLs for ``assets`` into ``directory`` (idempotent).
 
@@ -91,6 +103,29 @@ def write_template_task(template: str, directory: Path, task: str, data_file: Pa
         write_text_atomic(directory / utils.name, utils.read_text(encoding="utf-8"))
     text = (TEMPLATES / f"{template}.yaml").read_text(encoding="utf-8").format(task=task, data_file=data_file)
     return write_text_atomic(directory / f"{task}.yaml", text)
+
+
+def dangling_include(task: str, include_paths: str | Path | list[str | Path] | None) -> str | None:
+    """Why ``task`` cannot load when its YAML ``include:``s a file that is gone, else None.
+
+    Offline task YAMLs include the built-in one by absolute path into one Python environment's lm-eval.
+    A directory written by another environment (a shared cache, a deleted virtualenv) keeps pointing
+    there, and lm-eval then reports only an unknown task name: this says which file and what it lacks.
+    """
+    roots = [include_paths] if isinstance(include_paths, (str, Path)) else include_paths or []
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.yaml")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            names = re.findall(r"^task:\s*['\"]?([^'\"\s]+)", text, flags=re.MULTILINE)
+            included = re.findall(r"^include:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", text, flags=re.MULTILINE)
+            if task not in names or not included:
+                continue
+            target = path.parent / Path(included[0]).expanduser()
+            if not target.is_file():
+                return (f"{path}: its include {included[0]} does not exist (written by another Python "
+                        "environment?); rewrite the task directory with this environment, e.g. re-run "
+                        "`release-gate demo` for the demo's tasks")
+    return None
 
 
 def prepare_environment(assets: Assets) -> None:
