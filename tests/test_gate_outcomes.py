@@ -87,7 +87,7 @@ def demo(tmp_path_factory) -> dict:
     slices = DemoSlices()
     train = write_slice(rows, slices.train, root / "train.jsonl")
     clean = demo_adapter(assets, default_cache_dir(), train, TrainingRecipe())
-    return {"assets": assets, "rows": rows, "slices": slices, "clean": clean, "train": train,
+    return {"assets": assets, "rows": rows, "slices": slices, "clean": clean,
             "calibration": write_slice(rows, slices.calibration, root / "calibration.jsonl"),
             "tasks": write_generative_task(rows, slices.evaluation, root / "tasks"),
             "ascent": ascent_components(assets.model_dir, clean, train, n=64, kappa=0.2)}

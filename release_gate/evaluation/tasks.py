@@ -11,7 +11,6 @@ way; ``include_defaults=False`` keeps lm-eval from scanning its 14k tasks.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,6 +104,13 @@ def write_template_task(template: str, directory: Path, task: str, data_file: Pa
     return write_text_atomic(directory / f"{task}.yaml", text)
 
 
+class _TagBlindLoader(yaml.SafeLoader):
+    """Reads a task YAML as plain data: lm-eval's ``!function`` tags become None instead of imports."""
+
+
+_TagBlindLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
 def dangling_include(task: str, include_paths: str | Path | list[str | Path] | None) -> str | None:
     """Why ``task`` cannot load when its YAML ``include:``s a file that is gone, else None.
 
@@ -113,16 +119,17 @@ def dangling_include(task: str, include_paths: str | Path | list[str | Path] | N
     there, and lm-eval then reports only an unknown task name: this says which file and what it lacks.
     """
     roots = [include_paths] if isinstance(include_paths, (str, Path)) else include_paths or []
-    for root in roots:
-        for path in sorted(Path(root).rglob("*.yaml")):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            names = re.findall(r"^task:\s*['\"]?([^'\"\s]+)", text, flags=re.MULTILINE)
-            included = re.findall(r"^include:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", text, flags=re.MULTILINE)
-            if task not in names or not included:
-                continue
-            target = path.parent / Path(included[0]).expanduser()
-            if not target.is_file():
-                return (f"{path}: its include {included[0]} does not exist (written by another Python "
+    for path in (p for root in roots for p in sorted(Path(root).rglob("*.yaml"))):
+        try:
+            config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TagBlindLoader)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # not ours to judge: lm-eval reports what it cannot read
+        if not isinstance(config, dict) or config.get("task") != task:
+            continue
+        includes = config.get("include") or []
+        for include in [includes] if isinstance(includes, str) else includes:
+            if not (path.parent / Path(include).expanduser()).is_file():
+                return (f"{path}: its include {include} does not exist (written by another Python "
                         "environment?); rewrite the task directory with this environment, e.g. re-run "
                         "`release-gate demo` for the demo's tasks")
     return None
