@@ -18,9 +18,9 @@ from typing import Any
 def run(config: str | Path, *, overrides: Sequence[str] = (), resume: bool = False):
     """The gate for one run config (``release-gate run``); returns a :class:`~release_gate.pipeline.RunResult`."""
     from .config import load_run_config
-    from .pipeline import run as run_gate
+    from .pipeline import run as run_pipeline
 
-    return run_gate(load_run_config(Path(config), list(overrides)), resume=resume)
+    return run_pipeline(load_run_config(Path(config), list(overrides)), resume=resume)
 
 
 def edit(base_model: str, adapter: str | Path, policy: str, out: str | Path, *,
@@ -63,11 +63,12 @@ def report(run_dir: str | Path) -> Path:
     return render_report(Path(run_dir))
 
 
-def demo(out: str | Path = "reports/demo", cache_dir: str | Path | None = None, full: bool = False):
+def demo(out: str | Path = "reports/demo", cache_dir: str | Path | None = None, full: bool = False,
+         retrain: bool = False):
     """The embedded offline default (``release-gate demo``); returns a :class:`~release_gate.pipeline.RunResult`."""
     from .embedded_demo import FULL, DemoSize, run_demo
 
-    return run_demo(Path(out), Path(cache_dir) if cache_dir else None, FULL if full else DemoSize())
+    return run_demo(Path(out), Path(cache_dir) if cache_dir else None, FULL if full else DemoSize(), retrain=retrain)
 
 
 def policies(policy_dirs: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]]:
@@ -79,11 +80,17 @@ def policies(policy_dirs: Sequence[str | Path] = ()) -> dict[str, dict[str, Any]
             for name, f in sorted(files.items())}
 
 
-def serve_args(release_dir: str | Path, base_model: str | None = None, stage: str | Path | None = None) -> list[str]:
-    """vLLM ``--lora-modules`` values for the verified releases (``release-gate serve-args``)."""
+def serve_args(release_dir: str | Path, base_model: str | None = None, stage: str | Path | None = None, *,
+               public_key: str | Path | None = None, allow_unsigned: bool = False) -> list[str]:
+    """vLLM ``--lora-modules`` values for the verified releases (``release-gate serve-args``).
+
+    Releases must verify with ``public_key`` unless ``allow_unsigned``; ``stage`` None serves them in place.
+    """
+    from .integrations.releases import Trust
     from .integrations.serve_args import lora_modules, verify
 
-    return lora_modules(verify(Path(release_dir), base_model, Path(stage) if stage else None), base_model)
+    trust = Trust(Path(public_key) if public_key else None, "allow_unsigned=True" if allow_unsigned else None)
+    return lora_modules(verify(Path(release_dir), base_model, trust, Path(stage) if stage else None), base_model)
 
 
 def config_schema() -> dict[str, Any]:

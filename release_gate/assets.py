@@ -61,6 +61,24 @@ _MANIFEST = "manifest.json"
 _MODEL_NAME = "SmolLM2-135M-Instruct"
 #: The Hub ids of the packaged models, by folder name (model cards name the base model by it, never by a path).
 HUB_IDS = {_MODEL_NAME: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_LOCAL = ("/", ".", "~")
+
+
+def public_model_id(base_model: str) -> str:
+    """A model's public name, never a local path: a Hub id as given; for a local folder its config's
+    ``_name_or_path`` when that is a Hub id, else a packaged model's Hub id, else the folder's name.
+
+    Model cards and published adapter configs name the base model by it: a path would publish this
+    machine's layout and name nothing on another one.
+    """
+    path = Path(base_model).expanduser()
+    if not path.exists() and not base_model.startswith(_LOCAL):
+        return base_model
+    config = path / "config.json"
+    named = str(json.loads(config.read_text(encoding="utf-8")).get("_name_or_path") or "") if config.is_file() else ""
+    if named and not named.startswith(_LOCAL):
+        return named
+    return HUB_IDS.get(path.name, path.name)
 
 
 @dataclass(frozen=True)

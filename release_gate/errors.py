@@ -20,6 +20,10 @@ class BadInput(ReleaseGateError):
     exit_code = 2
 
 
+class CalibrationMissing(BadInput):
+    """A policy needs calibration data and none was given (each front end says how to give it)."""
+
+
 class RuntimeFailure(ReleaseGateError):
     """Something failed while running on good input (engine death, I/O)."""
 

@@ -50,12 +50,32 @@ def child(directory: Path, name: str, what: str) -> Path:
 # --- atomic writes ---------------------------------------------------------------------------------------
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc``; elsewhere a set-and-restore).
+
+    Atomic writers create through ``mkstemp``/``mkdtemp`` (mode 0600/0700 whatever the umask) and then
+    give the result the mode a plain ``open``/``mkdir`` would have had, so outputs that other users'
+    processes read (a web host, a vLLM server) are as readable as the umask allows, like any tool's.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and one rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and one rename.
+
+    The file gets the mode ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -86,12 +106,14 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
     An existing ``target`` is renamed aside first and removed after the swap, so a reader sees the old
     directory or the new one, never a mixture; on any error the temporary directory is removed and
-    ``target`` is left as it was.
+    ``target`` is left as it was. The directory gets the mode ``mkdir`` would give it (0777 less the
+    umask), not ``mkdtemp``'s 0700.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(0o777 & ~current_umask())
         yield tmp
         for path in tmp.rglob("*"):
             if path.is_file():
@@ -124,9 +146,44 @@ def _aside(target: Path) -> Path | None:
 # --- reading -------------------------------------------------------------------------------------------
 
 
+def check_input_file(path: Path, what: str = "file") -> Path:
+    """``path`` when it is a regular file this process can read; else BadInput naming it and the cause.
+
+    Missing, a directory where a file should be, a broken symbolic link and a permission refused each get
+    their own words (exit 2), where ``open`` would raise a traceback or a later reader a misleading error.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise BadInput(f"{path}: {what} is a broken symbolic link (to {os.readlink(path)})")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: {what} is a directory, not a file") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
+    return path
+
+
 def read_jsonl(path: Path) -> list[Any]:
     """The JSON values of a JSONL file's non-blank lines (``json.JSONDecodeError`` on a damaged line)."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_jsonl_numbered(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, value)`` of a user's JSONL file's non-blank lines; a damaged line is :class:`BadInput`."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+    return rows
 
 
 def read_json(path: Path) -> Any | None:

@@ -20,21 +20,32 @@ from .config import RunConfig
 from .constants import RUN_PACKAGES
 from .errors import BadInput
 from .evaluation import lm_eval_results
-from .evaluation.engine import Arm, EngineSettings, engine_overrides
+from .evaluation.engine import Arm, EngineSettings, _exit_on_sigterm, engine_overrides
+from .evaluation.ledger import Ledger, gate_key
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
-from .files import child, file_sha256, package_versions, read_json, write_json_atomic, write_jsonl_atomic
+from .files import (
+    check_input_file,
+    child,
+    file_sha256,
+    package_versions,
+    read_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from .gate import boundaries, stats
 from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
 from .gate.outputs import write_outputs
 from .integrations import mlflow_tracking
 from .reporting.render import render_report
+from .runlog import run_log
 from .schema import (
     CONTROL_POLICY,
     EXIT_CODES,
     INSPECT_FILE,
     ITEMS_DIR,
+    RUN_LOG_FILE,
     RUN_MARKER,
     SCHEMA_VERSION,
     SIDECAR_FILE,
@@ -79,9 +90,16 @@ class Timer:
         return {**self.stages, "total": round(time.perf_counter() - self.started, 3)}
 
 
-def prepare_run_dir(out: Path, adapter: Path, resume: bool) -> None:
-    """Refuse an output inside the adapter, a foreign directory, or an old run unless resuming."""
-    check_output_dir(out, [adapter], overwrite=True)
+def prepare_run_dir(out: Path, adapter: Path, resume: bool, calibration: Path | None = None) -> None:
+    """Refuse an output inside the adapter, an input inside the output or any run directory (a run
+    rewrites its own), a foreign directory, or an old run unless resuming."""
+    inputs = [adapter] if calibration is None else [adapter, calibration]
+    check_output_dir(out, inputs, overwrite=True)
+    for source in inputs:
+        run_dir = enclosing_run_dir(Path(source))
+        if run_dir is not None:
+            raise BadInput(f"{source}: input is inside the release-gate run directory {run_dir}, which a run "
+                           "rewrites; copy it elsewhere first")
     if out.exists() and any(out.iterdir()):
         if not (out / RUN_MARKER).exists():
             raise BadInput(f"output.dir {out}: exists and is not a release-gate run directory; choose another")
@@ -90,6 +108,12 @@ def prepare_run_dir(out: Path, adapter: Path, resume: bool) -> None:
                            "(cached results are reused) or choose another output.dir")
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("written by release-gate run\n")
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The release-gate run directory (marked by ``RUN_MARKER``) that is or holds ``path``, if any."""
+    resolved = path.resolve()
+    return next((d for d in (resolved, *resolved.parents) if (d / RUN_MARKER).is_file()), None)
 
 
 def candidate_policies(config: RunConfig) -> list[Policy]:
@@ -128,7 +152,7 @@ def task_manager_for(config: RunConfig, cache_dir: Path) -> Any:
     from lm_eval.tasks import TaskManager
 
     from .assets import load
-    from .evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
+    from .evaluation.tasks import offline_task_dir, prepare_environment, task_manager
 
     include = [Path(p) for p in config.evaluation.include_path]
     try:
@@ -137,8 +161,7 @@ def task_manager_for(config: RunConfig, cache_dir: Path) -> Any:
         assets = None
     if assets is not None:
         prepare_environment(assets)
-        work_dir = cache_dir / "tasks" / ("code-execution" if config.allow_code_execution else "default")
-        include.insert(0, write_offline_tasks(assets, work_dir, config.allow_code_execution))
+        include.insert(0, offline_task_dir(assets, cache_dir, config.allow_code_execution))
     manager = task_manager(include)
     wanted = [e.task for e in (*config.targets, *config.guards)]
     if all(name in manager.all_tasks for name in wanted):
@@ -209,16 +232,29 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
 
 def run(config: RunConfig, resume: bool = False) -> RunResult:
     """The whole gate for one config; returns the decision document (also written to disk)."""
+    _exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C (exit 143) at every stage, calibration included
     timer = Timer()
     out = Path(config.output.dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     adapter = load_adapter(config.adapter)
+    if config.calibration is not None:  # readable before the tasks load (seconds), as every input
+        check_input_file(config.calibration.file, "calibration file")
     try:
         plan = make_plan(config, cache_dir)
         tracker = mlflow_tracking.connect(config.tracking.mlflow) if config.tracking.mlflow else None
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
-    prepare_run_dir(out, config.adapter, resume)  # everything checkable was checked: nothing touched before
+    signed_by = release_signer(config)
+    prepare_run_dir(out, config.adapter, resume,  # everything checkable was checked: nothing touched before
+                    config.calibration.file if config.calibration else None)
+    with run_log(out / RUN_LOG_FILE):  # vLLM's, transformers' and lm-eval's logs go there, not to the terminal
+        return gate_in_run_dir(config, plan, adapter, tracker, signed_by, cache_dir, timer)
+
+
+def gate_in_run_dir(config: RunConfig, plan: Plan, adapter: Any, tracker: Any, signed_by: str | None,
+                    cache_dir: Path, timer: Timer) -> RunResult:
+    """Variants, evaluation, decision and outputs: everything after the checks, inside the run directory."""
+    out = Path(config.output.dir)
     announce_plan(plan)
 
     since = time.perf_counter()
@@ -233,8 +269,11 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     arms = [Arm.base(), Arm.from_adapter(BASELINE, config.adapter),
             *(Arm.from_adapter(variant.name, path) for path, variant in written)]
     since = time.perf_counter()
-    with evaluation_session(config, arms, plan, ItemStore(cache_dir / "items")) as session:
-        decision = run_gate(plan.design, session.fetch)
+    store = ItemStore(cache_dir / "items")
+    with evaluation_session(config, arms, plan, store) as session:
+        ledger = open_ledger(store, arms, plan, session)
+        decision = run_gate(ledger.design(plan.design) if ledger else plan.design, session.fetch)
+        history = ledger.record(decision, str(out.resolve()), timer.wall) if ledger else None
     timer.stage("evaluation_and_gate", since)
     for line in look_summary(decision):
         logger.info(line)
@@ -242,8 +281,11 @@ def run(config: RunConfig, resume: bool = False) -> RunResult:
     lm_eval_results.write(out, session.items, plan.resolved, arms, config.base_model)
     identical = identical_to_baseline(arms, session.items, [t.request.name for t in plan.resolved])
     document = build_document(config, decision, arms, identical, session.canary, session.record, written,
-                              adapter.sha256, plan, timer)
-    write_outputs(out, document, {path.name: path for path, _ in written})
+                              adapter.sha256, plan, timer, signed_by)
+    if history is not None:
+        document["history"] = history
+    write_outputs(out, document, {path.name: path for path, _ in written},
+                  Path(config.release.signing_key) if signed_by else None)
     render_report(out)
     (out / TRACKING_FILE).unlink(missing_ok=True)  # a resumed run's record belongs to the earlier run
     if tracker is not None:
@@ -263,12 +305,29 @@ def evaluation_session(config: RunConfig, arms: list[Arm], plan: Plan, store: It
                                       batch_size=server.batch_size, timeout=server.timeout, retries=server.max_retries)
         return EvaluationSession(arms, plan.resolved, store, server=endpoint)
     settings = EngineSettings.for_arms(
-        config.base_model, arms, dtype=evaluation.dtype, max_model_len=evaluation.max_model_len,
+        config.base_model, arms, lora_path=evaluation.lora_path, dtype=evaluation.dtype,
+        max_model_len=evaluation.max_model_len,
         gpu_memory_utilization=evaluation.gpu_memory_utilization,
         **plan.engine_overrides,
     )
     return EvaluationSession(arms, plan.resolved, store, settings=settings, batch_size=evaluation.batch_size,
                              cross_arm=evaluation.cross_arm)
+
+
+def open_ledger(store: ItemStore, arms: Sequence[Arm], plan: Plan, session: EvaluationSession) -> Ledger | None:
+    """The gate's look ledger beside the item store (statistical mode only: point estimates spend no α)."""
+    if plan.design.rule.mode != "statistical":
+        return None
+    engine = session.server.key() if session.server is not None else session.settings.key()
+    ledger = Ledger.open(store.root, gate_key(arms, plan.resolved, engine), plan.design,
+                         {t.request.name: t.sample_seed for t in plan.resolved})
+    if ledger.replaying is not None:
+        logger.info(f"gate: this run has the limits of run {ledger.replaying + 1} of this gate ({ledger.path}): it "
+                    "re-decides that run's items after the same earlier looks and records nothing new")
+    elif ledger.runs:
+        logger.info(f"gate: {len(ledger.history())} earlier looks of this gate (begun {ledger.begun}) in "
+                    f"{ledger.path}: this run continues their error spending")
+    return ledger
 
 
 def look_summary(decision: Decision) -> list[str]:
@@ -278,7 +337,8 @@ def look_summary(decision: Decision) -> list[str]:
         sizes = ", ".join(f"{task} {n}" for task, n in look["n"].items())
         events = ", ".join(f"{arm} {entry['status']}" for arm, entry in look["variants"].items()
                            if entry["status"] != Status.EVALUATING)
-        lines.append(f"look {look['look']}/{len(decision.design.fractions)} ({sizes}; {len(look['arms'])} arms)"
+        total = len(decision.design.history) + decision.design.n_looks
+        lines.append(f"look {look['look']}/{total} ({sizes}; {len(look['arms'])} arms)"
                      + (f": {events}" if events else ""))
     return lines
 
@@ -329,10 +389,30 @@ def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list
         a.sha256 == baseline.sha256 or all(same(a.name, t) for t in tasks))}
 
 
+def release_signer(config: RunConfig) -> str | None:
+    """The sha256 of the public half of ``release.signing_key`` (None: releases go out unsigned).
+
+    The key must be readable and must not live inside ``output.dir``, which is published as a whole.
+    """
+    key = config.release.signing_key
+    if key is None:
+        return None
+    from .integrations.signing import check_private_key
+
+    out = Path(config.output.dir).resolve()
+    if out == Path(key).resolve() or out in Path(key).resolve().parents:
+        raise BadInput(f"{config.source}: release.signing_key {key} is inside output.dir {config.output.dir}, "
+                       "which is published with the release; keep the key elsewhere")
+    try:
+        return check_private_key(Path(key))
+    except BadInput as exc:
+        raise BadInput(f"{config.source}: {exc}") from None
+
+
 def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], identical: set[str],
                    canary_record: dict[str, Any], engine_record: dict[str, Any], written: Sequence[Any],
-                   adapter_sha256: str, plan: Plan, timer: Timer) -> dict[str, Any]:
-    """The ``decision.json`` document (schema in docs/run-directory.md)."""
+                   adapter_sha256: str, plan: Plan, timer: Timer, signed_by: str | None = None) -> dict[str, Any]:
+    """The ``decision.json`` document (schema in docs/run-directory.md); an unsigned PROMOTE says so."""
     policies = {variant.name: variant.policy.parameters() for _, variant in written}
     roles = {"base": "base", BASELINE: "baseline"}
     candidates = set(decision.verdicts)
@@ -345,9 +425,13 @@ def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], i
                                "scores": decision.arm_scores[arm.name]}
     winner = next((a for a in arms if a.name == decision.promoted), None)
     body = decision.to_json()
+    if winner and signed_by is None:
+        body["warnings"] = [*body["warnings"], "promoted/ is unsigned (no release.signing_key): serve-args and the "
+                            "vLLM resolver refuse it unless told explicitly to serve unsigned releases"]
     return {
         "schema_version": SCHEMA_VERSION, "outcome": decision.outcome,
-        "promoted": {"arm": winner.name, "sha256": winner.sha256, "path": "promoted"} if winner else None,
+        "promoted": {"arm": winner.name, "sha256": winner.sha256, "path": "promoted",
+                     "signed_by": signed_by} if winner else None,
         **body, "arms": arms_json,
         "canary": {**canary_record, "identical_to_baseline": sorted(identical)},
         "config": config.to_json(),

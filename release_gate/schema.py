@@ -25,6 +25,7 @@ INSPECT_FILE = "inspect.json"
 RUN_CONFIG_FILE = "config.yaml"
 TRACKING_FILE = "tracking.json"
 RUN_MARKER = ".release-gate-run"
+RUN_LOG_FILE = "run.log"
 VARIANTS_DIR = "variants"
 ITEMS_DIR = "items"
 PROMOTED_DIR = "promoted"
@@ -52,13 +53,6 @@ class Outcome(StrEnum):
 
 #: Exit codes by outcome (SPEC §7).
 EXIT_CODES = {Outcome.PROMOTE: 0, Outcome.REJECT: 10, Outcome.INCONCLUSIVE: 11}
-
-
-class Role(StrEnum):
-    BASE = "base"
-    BASELINE = "baseline"
-    VARIANT = "variant"
-    CONTROL = "control"
 
 
 class Status(StrEnum):

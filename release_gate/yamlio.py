@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import BadInput
+from .files import check_input_file
 
 #: A location in a document: mapping keys and list indices from the top.
 Location = tuple[str | int, ...]
@@ -44,9 +45,7 @@ class Document:
 
 def load_document(path: Path) -> Document:
     """Read a YAML file whose top level must be a mapping, with key lines and duplicate keys refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: file not found")
+    path = check_input_file(Path(path))
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -64,11 +63,6 @@ def load_document(path: Path) -> Document:
     lines: dict[Location, int] = {}
     _walk(node, (), lines, path)
     return Document(path, data, lines)
-
-
-def load_mapping(path: Path) -> dict[str, Any]:
-    """The mapping of a YAML file (see :func:`load_document`)."""
-    return load_document(path).data
 
 
 def dotted(location: Location) -> str:

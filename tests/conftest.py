@@ -13,7 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from factories import make_adapter, save_tiny_llama, tiny_llama  # noqa: E402
+from factories import Keys, key_pair, make_adapter, save_tiny_llama, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tmp_path_factory) -> Path:
     return make_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter") / "lora")
+
+
+@pytest.fixture(scope="session")
+def gate_keys(tmp_path_factory) -> Keys:
+    """The gate's signing key and its public half, made for the session (no network, no Sigstore)."""
+    return key_pair(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -221,3 +224,23 @@ def replace_smallest(adapter_dir: Path, out: Path, components: dict[str, list[Co
     shutil.copy2(Path(adapter_dir) / CONFIG_FILE, out / CONFIG_FILE)
     save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
     return out
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The gate's signing key and the serving host's public key, as PEM files."""
+
+    private: Path
+    public: Path
+
+
+def key_pair(directory: Path, name: str = "gate") -> Keys:
+    """A fresh P-256 key pair made for a test (unencrypted PKCS#8 and SubjectPublicKeyInfo PEM)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return Keys(private, public)

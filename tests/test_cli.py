@@ -112,7 +112,8 @@ def test_bad_inputs_exit_2_and_lose_nothing(tiny_vocab_model, calib, tmp_path, c
     expect_bad_input(capsys, [*edit, "--policy", "nope", "--out", tmp_path / "o"], "unknown policy 'nope'")
     expect_bad_input(capsys, [*edit, "--policy", "abs_select", "--set", "core_frac=2", "--calibration", calib,
                               "--out", tmp_path / "o"], "key 'core_frac'", "fraction in [0, 1]")
-    expect_bad_input(capsys, [*edit, "--policy", "abs_select", "--out", tmp_path / "o"], "needs calibration data")
+    expect_bad_input(capsys, [*edit, "--policy", "abs_select", "--out", tmp_path / "o"],
+                     "policy 'abs_select' needs calibration data: pass --calibration FILE")
     expect_bad_input(capsys, [*edit, "--policy", "abs_select", "--calibration", calib, "--set", "calibration.nn=3",
                               "--out", tmp_path / "o"], "calibration.nn: unknown key")
     expect_bad_input(capsys, [*edit, "--policy", "abs_select", "--calibration", calib, "--set", "calibration.n=99",

@@ -28,18 +28,20 @@ from release_gate.embedded_demo import (
     TrainingRecipe,
     csqa_answer,
     csqa_prompt,
-    demo_adapter,
+    retrained_adapter,
     write_generative_task,
     write_slice,
 )
 from release_gate.evaluation.tasks import write_ifeval_task
 from release_gate.files import directory_sha256, read_jsonl, write_jsonl_atomic
-from release_gate.integrations.releases import ADAPTER_FILES, check_release
+from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
+from release_gate.integrations.signing import check_public_key
 from release_gate.integrations.vllm_resolver import ReleaseGateResolver
 from release_gate.schema import DECISION_FILE, EXIT_CODES, PROMOTED_DIR
 
 from factories import (
     ascent_components,
+    key_pair,
     replace_smallest,
     smollm2_adapter,
     trained_components,
@@ -80,13 +82,14 @@ QUOTE_INSTRUCTION = "Wrap your entire response with double quotation marks."
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict:
-    """The demo adapter and, per module, the loss-ascent component of 64 of its training rows."""
+    """The longer demo recipe's adapter (2 epochs over 712 rows, trained once and cached; the constructions below
+    were measured on it) and, per module, the loss-ascent component of 64 of its training rows."""
     assets = fetch()
     root = tmp_path_factory.mktemp("demo")
     rows = read_jsonl(assets.commonsense_qa)
     slices = DemoSlices()
     train = write_slice(rows, slices.train, root / "train.jsonl")
-    clean = demo_adapter(assets, default_cache_dir(), train, TrainingRecipe())
+    clean = retrained_adapter(assets.model_dir, default_cache_dir(), train, TrainingRecipe())
     return {"assets": assets, "rows": rows, "slices": slices, "clean": clean,
             "calibration": write_slice(rows, slices.calibration, root / "calibration.jsonl"),
             "tasks": write_generative_task(rows, slices.evaluation, root / "tasks"),
@@ -94,7 +97,9 @@ def demo(tmp_path_factory) -> dict:
 
 
 def gate(demo: dict, adapter: Path, root: Path, guard: dict, include: list[Path]) -> dict:
-    """grad_direction at the paper's defaults against two random_index seeds, every arm on every item."""
+    """grad_direction at the paper's defaults against two random_index seeds, every arm on every item; a PROMOTE
+    is signed with a key made for the test (kept outside the run directory)."""
+    keys = key_pair(root / "keys")
     config = {
         "base_model": str(demo["assets"].model_dir), "adapter": str(adapter), "output": {"dir": str(root / "release")},
         "calibration": {"file": str(demo["calibration"]), "n": 64, "template": "chat"},
@@ -102,12 +107,12 @@ def gate(demo: dict, adapter: Path, root: Path, guard: dict, include: list[Path]
         "evaluation": {"include_path": [str(p) for p in include], "max_model_len": 1024},
         "targets": [{"task": "commonsense_qa_gen_heldout", "metric": "acc", "chat_template": True, "limit": 64}],
         "guards": [{"metric": "prompt_level_strict_acc", "chat_template": True, **guard}],
-        "gate": {"sequential": False},
+        "gate": {"sequential": False}, "release": {"signing_key": str(keys.private)},
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     code = main(["run", str(path)])
-    return {"root": root, "run": root / "release", "code": code, "base": config["base_model"],
+    return {"root": root, "run": root / "release", "code": code, "base": config["base_model"], "keys": keys,
             "decision": json.loads((root / "release" / DECISION_FILE).read_text())}
 
 
@@ -169,8 +174,10 @@ def test_the_promoted_repair_is_written_atomically_and_served_by_the_resolver(re
     assert repair["decision"]["promoted"]["sha256"] == digest
     assert digest == directory_sha256(run / "variants" / "grad_direction", ADAPTER_FILES)
     assert not [p.name for p in run.iterdir() if p.name.startswith(f".{PROMOTED_DIR}.")]  # no temp dir left
-    assert check_release(run, repair["base"]) == (files, f"PROMOTE (sha256 {digest})")
-    resolver = ReleaseGateResolver(run.parent)
+    trust = Trust(repair["keys"].public)  # the pipeline signed promoted/ with release.signing_key
+    assert repair["decision"]["promoted"]["signed_by"] == check_public_key(repair["keys"].public)
+    assert check_release(run, repair["base"], trust) == (files, f"PROMOTE (sha256 {digest}), signature verified")
+    resolver = ReleaseGateResolver(run.parent, trust)
     request = asyncio.run(resolver.resolve_lora(repair["base"], run.name))
     assert request is not None and request.lora_name == run.name
     assert directory_sha256(Path(request.lora_path), ADAPTER_FILES) == digest

@@ -1,15 +1,16 @@
-"""Ctrl-C, SIGTERM and kill -9 mid-evaluation: at most the (arm, task) in flight is lost, no engine process survives.
+"""Ctrl-C, SIGTERM and kill -9 mid-evaluation: at most the chunk in flight is lost, no engine process survives.
 
 A real run (tests/interrupted_run.py) in its own process group is
-interrupted as soon as it stores a new (arm, task) file, then resumed; the
+interrupted as soon as it stores a new chunk file, then resumed; the
 store must hold only complete files, and a resumed run must leave stored
-pairs untouched and compute only the missing ones.
+chunks untouched and compute only the missing ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,16 +18,22 @@ import time
 from pathlib import Path
 
 import pytest
-from interrupted_run import REQUESTS, arms_from, resolve, settings
+from interrupted_run import CHUNKED, REQUESTS, arms_from, resolve, settings
 
 from release_gate.assets import fetch
+from release_gate.constants import CHUNK_ITEMS
 from release_gate.evaluation.store import ItemStore
+from release_gate.files import read_jsonl
 
 from factories import smollm2_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 SCRIPT = Path(__file__).with_name("interrupted_run.py")
+#: The runner's debug line for each chunk it begins to score.
+CHUNK_BEGUN = re.compile(r"^(\S+): (\d+) new items for (.+)$", re.MULTILINE)
+#: A vLLM log line: its own format (the engine's processes) or a record through Python logging.
+VLLM_LINE = re.compile(r"(INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[|(INFO|WARNING) vllm[\w.]*: ")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +46,10 @@ def adapters(tmp_path_factory) -> list[str]:
 class Run:
     """One ``interrupted_run.py`` in its own process group (its id is the group id)."""
 
-    def __init__(self, store: Path, tasks: Path, adapters: list[str], log: Path) -> None:
+    def __init__(self, store: Path, tasks: Path, adapters: list[str], log: Path, options: tuple[str, ...] = ()) -> None:
         self.log = log
         with open(log, "w") as handle:
-            self.process = subprocess.Popen([sys.executable, str(SCRIPT), str(store), str(tasks), *adapters],
+            self.process = subprocess.Popen([sys.executable, str(SCRIPT), *options, str(store), str(tasks), *adapters],
                                             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, seconds: float) -> int:
@@ -164,3 +171,51 @@ def test_kill_9_of_the_main_process_alone_takes_the_engine_with_it(adapters, tmp
     os.kill(run.process.pid, signal.SIGKILL)
     run.process.wait(30)
     assert_no_survivors(run.process.pid, grace=10)
+
+
+def begun(log: Path) -> dict[str, int]:
+    """Items per arm whose scoring a ``--chunks`` run began (the runner logs each chunk as it starts it)."""
+    items: dict[str, int] = {}
+    for _, count, arms in CHUNK_BEGUN.findall(log.read_text()):
+        for arm in arms.split(", "):
+            items[arm] = items.get(arm, 0) + int(count)
+    return items
+
+
+def test_a_kill_9_mid_evaluation_costs_at_most_one_chunk_per_arm_and_the_terminal_stays_quiet(adapters, tmp_path):
+    """The fixed design with cross-arm batching, on one task of three chunks: kill -9 once a first chunk is
+    stored. Every file holds one chunk; the killed run had begun at most one chunk per arm that it did not
+    store; the resumed run scores exactly what is missing. Its terminal shows no vLLM log line (its run log
+    holds them, the engine process's included) and names vLLM's set-up warnings once, if there are any."""
+    store_dir, task_dir, run_log = tmp_path / "store", tmp_path / "tasks", tmp_path / "run.log"
+    named = [f"baseline={adapters[0].split('=', 1)[1]}", adapters[1]]
+    arms = arms_from(named)
+    assets = fetch()
+    task = resolve(assets, task_dir, CHUNKED)[0]
+    store, engine_key = ItemStore(store_dir), settings(assets, arms).key()
+    assert task.size > 2 * CHUNK_ITEMS
+
+    killed = Run(store_dir, task_dir, named, tmp_path / "killed.log", ("--chunks", str(tmp_path / "killed-run.log")))
+    killed.wait_for_new_file(store_dir, {})
+    os.killpg(killed.process.pid, signal.SIGKILL)
+    killed.wait(60)
+    assert_no_survivors(killed.process.pid)
+    files = stored(store_dir)
+    assert all(0 < len(read_jsonl(path)) <= CHUNK_ITEMS for path in files)
+    kept = {arm.name: len(store.load(arm, task.request.name, task.key, engine_key)) for arm in arms}
+    assert 0 < sum(kept.values()) < len(arms) * task.size, kept
+    lost = {arm: begun(killed.log).get(arm, 0) - kept[arm] for arm in kept}
+    assert all(0 <= n <= CHUNK_ITEMS for n in lost.values()), lost
+
+    resumed = Run(store_dir, task_dir, named, tmp_path / "resumed.log", ("--chunks", str(run_log)))
+    assert resumed.wait(900) == 0, resumed.log.read_text()[-3000:]
+    assert_no_survivors(resumed.process.pid)
+    assert {path: mtime for path, mtime in stored(store_dir).items() if path in files} == files
+    assert begun(resumed.log) == {arm: task.size - n for arm, n in kept.items() if n < task.size}
+    assert all(len(store.load(arm, task.request.name, task.key, engine_key)) == task.size for arm in arms)
+
+    terminal, log = resumed.log.read_text(), run_log.read_text()
+    assert "arm×items" in terminal and "items/s, ETA" in terminal  # the progress bar, with a rate once scored
+    assert not VLLM_LINE.search(terminal), VLLM_LINE.search(terminal)
+    assert VLLM_LINE.search(log) and "EngineCore" in log
+    assert terminal.count("note: vLLM set-up:") == ("is not found in LD_PRELOAD" in log)

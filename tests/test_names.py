@@ -14,7 +14,7 @@ import yaml
 
 from release_gate.cli import main
 from release_gate.files import is_path_segment, path_segment
-from release_gate.integrations.releases import is_safe_name
+from release_gate.integrations.releases import Trust, is_safe_name
 from release_gate.integrations.vllm_resolver import ReleaseGateResolver
 
 HOSTILE = [
@@ -69,7 +69,7 @@ def test_a_hostile_release_name_is_never_looked_up(tmp_path, name):
     assert not is_safe_name(name) and not is_path_segment(name)
     with pytest.raises(Exception, match="cannot name a file or directory"):
         path_segment(name, "release")
-    assert ReleaseGateResolver(release).resolve("base", name) is None
+    assert ReleaseGateResolver(release, Trust(allow_unsigned="test")).resolve("base", name) is None
 
 
 def test_plain_names_pass():

@@ -1,7 +1,7 @@
 """A release as the gate writes it, through its life.
 
-PROMOTE writes ``promoted/`` (the adapter first, atomically, then the decision that vouches for it); the
-vLLM resolver serves exactly those files; the model card parses as a Hub card with no local path; MLflow
+PROMOTE writes ``promoted/`` (the adapter, the model card and the decision, signed as one, atomically; then
+the run's decision beside it); the vLLM resolver serves exactly those files after checking the signature; the model card parses as a Hub card with no local path; MLflow
 registers the promoted adapter as a model version under its alias; a later REJECT of the same run
 withdraws ``promoted/`` and the resolver refuses it.
 
@@ -26,7 +26,8 @@ from release_gate.config import MlflowSection
 from release_gate.files import directory_sha256
 from release_gate.gate.outputs import PROMOTED_FILES, write_outputs
 from release_gate.integrations import mlflow_tracking
-from release_gate.integrations.releases import ADAPTER_FILES, check_release
+from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
+from release_gate.integrations.signing import SIGNATURE_FILE
 from release_gate.integrations.vllm_resolver import ReleaseGateResolver
 from release_gate.schema import DECISION_FILE, MODEL_CARD_FILE, PROMOTED_DIR
 from release_gate.surgery.adapter import CONFIG_FILE
@@ -51,24 +52,27 @@ def release(tmp_path, tiny_adapter_dir) -> dict:
     return {"run": run_dir, "arm": arm, "variant": variant, "promote": promoted, "reject": rejected}
 
 
-def test_a_promote_is_served_and_a_later_reject_withdraws_it(release):
-    run = release["run"]
-    write_outputs(run, release["promote"], {release["arm"]: release["variant"]})
+def test_a_promote_is_served_and_a_later_reject_withdraws_it(release, gate_keys):
+    run, trust = release["run"], Trust(gate_keys.public)
+    write_outputs(run, release["promote"], {release["arm"]: release["variant"]}, gate_keys.private)
     files = run / PROMOTED_DIR
-    assert sorted(p.name for p in files.iterdir()) == sorted([*PROMOTED_FILES, MODEL_CARD_FILE])
+    assert sorted(p.name for p in files.iterdir()) == sorted([*PROMOTED_FILES, MODEL_CARD_FILE, DECISION_FILE,
+                                                              SIGNATURE_FILE])
     assert not [p.name for p in run.iterdir() if p.name.startswith(f".{PROMOTED_DIR}.")]  # no temp dir left
     for name in PROMOTED_FILES:
         assert (files / name).read_bytes() == (release["variant"] / name).read_bytes()
+    assert (files / DECISION_FILE).read_bytes() == (run / DECISION_FILE).read_bytes()
     assert json.loads((run / DECISION_FILE).read_text())["promoted"]["sha256"] == directory_sha256(files, ADAPTER_FILES)
-    assert check_release(run, BASE) == (files, f"PROMOTE (sha256 {directory_sha256(files, ADAPTER_FILES)})")
-    resolver = ReleaseGateResolver(run.parent)  # owns its private copies while it lives
+    assert check_release(run, BASE, trust) == (
+        files, f"PROMOTE (sha256 {directory_sha256(files, ADAPTER_FILES)}), signature verified")
+    resolver = ReleaseGateResolver(run.parent, trust)  # owns its private copies while it lives
     request = asyncio.run(resolver.resolve_lora(BASE, NAME))
     assert request is not None and request.lora_name == NAME
     assert directory_sha256(Path(request.lora_path), ADAPTER_FILES) == directory_sha256(files, ADAPTER_FILES)
 
     write_outputs(run, release["reject"], {release["arm"]: release["variant"]})  # the same run, decided again
     assert not files.exists()
-    assert check_release(run, BASE) == (None, "outcome REJECT")
+    assert check_release(run, BASE, trust) == (None, "outcome REJECT")
     assert asyncio.run(resolver.resolve_lora(BASE, NAME)) is None
 
 
@@ -101,4 +105,4 @@ def test_mlflow_registers_the_promoted_adapter_under_its_alias(release, file_sto
     assert mlflow_run.data.metrics["promoted"] == 1
     assert mlflow_run.data.tags["release_gate.promoted_sha256"] == document["promoted"]["sha256"]
     logged = {a.path for a in client.list_artifacts(recorded["run_id"], PROMOTED_DIR)}  # the version's source
-    assert logged == {f"{PROMOTED_DIR}/{name}" for name in (*PROMOTED_FILES, MODEL_CARD_FILE)}
+    assert logged == {f"{PROMOTED_DIR}/{name}" for name in (*PROMOTED_FILES, MODEL_CARD_FILE, DECISION_FILE)}

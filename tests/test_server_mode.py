@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -93,3 +96,45 @@ def test_server_errors_are_parsed_not_searched():
     assert isinstance(server_mode.refused(server_mode.ServerError(401, "Unauthorized", "no"), "x"), BadInput)
     assert isinstance(server_mode.refused(server_mode.ServerError(500, "InternalServerError", "boom"), "x"),
                       RuntimeFailure)
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers each request with the next (status, body) of the server's script."""
+
+    def do_GET(self):
+        status, body = self.server.script.pop(0)
+        self.server.seen += 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    monkeypatch.setattr(server_mode, "BACKOFF_SECONDS", 0.01)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    httpd.script, httpd.seen = [], 0
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, server_mode.Server(f"http://127.0.0.1:{httpd.server_port}", "m", "t", retries=2)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_busy_answers_are_retried_and_refusals_are_not(scripted):
+    httpd, server = scripted
+    busy = {"error": {"message": "busy", "type": "ServiceUnavailable", "code": 503}}
+    httpd.script = [(503, busy), (429, busy), (200, {"data": [{"id": "base"}]})]
+    assert server.served_models() == {"base"} and httpd.seen == 3
+    httpd.script, httpd.seen = [(400, {"error": {"message": "bad", "type": "BadRequest", "code": 400}})], 0
+    with pytest.raises(server_mode.ServerError, match="HTTP 400 BadRequest: bad"):
+        server.request("/v1/models")
+    assert httpd.seen == 1
+    httpd.script, httpd.seen = [(503, busy)] * 4, 0
+    with pytest.raises(server_mode.ServerError, match="HTTP 503"):
+        server.request("/v1/models")
+    assert httpd.seen == 3  # the first attempt and `retries` more

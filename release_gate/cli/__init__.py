@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
-    """Messages of the library on stderr, plain (progress bars are tqdm's and unaffected)."""
+    """Messages of the library on stderr, plain (progress bars are tqdm's and unaffected).
+
+    Other libraries' logs (vLLM, transformers, lm-eval) go to a run's log file; ``-v`` also shows them
+    here, through a handler on the root logger (see :mod:`release_gate.runlog`).
+    """
     logger = logging.getLogger(LOGGER)
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, "release_gate", False) for h in logger.handlers):
@@ -47,6 +51,14 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.release_gate = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    root = logging.getLogger()
+    if verbose and not any(getattr(h, "release_gate", False) for h in root.handlers):
+        others = logging.StreamHandler(sys.stderr)
+        others.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        others.addFilter(lambda record: not record.name.startswith(LOGGER))  # the library's own has its handler
+        others.release_gate = True  # type: ignore[attr-defined]
+        root.addHandler(others)
+        root.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import BadInput
+from ..errors import BadInput, CalibrationMissing
 from .common import CACHE_HELP, EPILOG, csv
 
 
@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
         policy_dirs=tuple(args.policy_dir), eval_data=tuple(args.eval_data),
     )
-    out, variant = edit(request)
+    try:
+        out, variant = edit(request)
+    except CalibrationMissing as exc:
+        raise BadInput(f"{exc}: pass --calibration FILE") from None
     edited = sum(1 for e in variant.edits if not all(abs(a - 1.0) < 1e-12 for a in e.alpha))
     print(f"{variant.name}: edited {edited}/{len(variant.edits)} modules -> {out}")
     for note in variant.notes:

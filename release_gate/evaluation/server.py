@@ -19,17 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
+import tenacity
+
 from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from .engine import Arm
-from .runner import BuiltTask, ResolvedTask
+from .progress import Progress, progress_or_own
+from .runner import BuiltTask, ResolvedTask, chunks, stored_items
 from .store import Item, ItemStore
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ class ServerError(Exception):
     def __init__(self, status: int, type: str, message: str) -> None:
         super().__init__(f"HTTP {status} {type}: {message}")
         self.status, self.type, self.message = status, type, message
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth asking again: no connection or answer in time, or a busy or restarting server."""
+    if isinstance(error, ServerError):
+        return error.status in RETRY_STATUSES
+    return isinstance(error, requests.ConnectionError | requests.Timeout)
 
 
 def parse_error(status: int, body: str) -> ServerError:
@@ -81,37 +89,33 @@ class Server:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def request(self, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """POST ``payload`` (GET without one) and return the decoded answer, retrying transient failures."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._once(path, payload)
-            except ServerError as error:
-                if error.status not in RETRY_STATUSES or attempt == self.retries:
-                    raise
-                failure: Exception = error
-            except (urllib.error.URLError, OSError) as exc:
-                if attempt == self.retries:
-                    raise RuntimeFailure(f"vLLM server at {self.url} is not reachable: {exc}") from None
-                failure = exc
-            wait = BACKOFF_SECONDS * 2**attempt
-            logger.warning("vLLM server %s%s: %s; retrying in %.1f s", self.url, path, failure, wait)
-            time.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """POST ``payload`` (GET without one) and return the decoded answer, retrying transient failures.
 
-    def _once(self, path: str, payload: dict[str, Any] | None) -> Any:
-        request = urllib.request.Request(
-            f"{self.url.rstrip('/')}{path}", data=None if payload is None else json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json", **self.headers()}, method="GET" if payload is None else "POST",
+        ``retries`` more attempts after the first, waiting ``BACKOFF_SECONDS`` · 2^k between them.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient), stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=BACKOFF_SECONDS), reraise=True,
+            before_sleep=lambda state: logger.warning(
+                "vLLM server %s%s: %s; retrying in %.1f s", self.url, path, state.outcome.exception(),
+                state.next_action.sleep),
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                text = response.read().decode()
-        except urllib.error.HTTPError as exc:
-            raise parse_error(exc.code, exc.read().decode(errors="replace")) from None
+            return retrying(self._once, path, payload)
+        except requests.RequestException as exc:
+            raise RuntimeFailure(f"vLLM server at {self.url} is not reachable: {exc}") from None
+
+    def _once(self, path: str, payload: dict[str, Any] | None) -> Any:
+        response = requests.request(
+            "GET" if payload is None else "POST", f"{self.url.rstrip('/')}{path}", json=payload,
+            headers={"Content-Type": "application/json", **self.headers()}, timeout=self.timeout,
+        )
+        if not response.ok:
+            raise parse_error(response.status_code, response.text)
         try:
-            return json.loads(text)
+            return response.json()
         except ValueError:
-            return text
+            return response.text
 
     def served_models(self) -> set[str]:
         """Names the server serves now (``/v1/models``): the base model and every loaded adapter."""
@@ -179,32 +183,46 @@ def evaluate_arm_task(server: Server, arm: Arm, task: BuiltTask, doc_ids: Sequen
 
 def evaluate(
     server: Server, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
-    sizes: Mapping[str, int] | None = None,
+    sizes: Mapping[str, int] | None = None, progress: Progress | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
     """The first ``sizes[task]`` items of every (arm, task) through the server, evaluating only what ``store`` lacks.
 
-    Each adapter is loaded once for everything it misses and unloaded after use; each task's
-    requests are built once per chunk for all arms (:class:`~.runner.BuiltTask`).
+    Each adapter is loaded once for everything it misses and unloaded after use. Items are scored in
+    :func:`~.runner.chunks`, each stored as soon as it is scored (a kill loses at most one chunk); each
+    task's requests are built once per chunk for all arms (:class:`~.runner.BuiltTask`).
     """
     built = [BuiltTask(task) for task in tasks]
+    wanted = {t.resolved.request.name: t.resolved.doc_ids((sizes or {}).get(t.resolved.request.name)) for t in built}
     out: dict[tuple[str, str], list[Item]] = {}
-    for arm in arms:
-        pending = []
-        for task in built:
-            name = task.resolved.request.name
-            wanted = task.resolved.doc_ids((sizes or {}).get(name))
-            stored = store.load(arm, name, task.store_key(None, wanted), server.key())
-            pending.append((task, wanted, stored, [d for d in wanted if d not in stored]))
-        if any(missing for *_, missing in pending):
-            load(server, arm)
-            try:
-                for task, wanted, stored, missing in pending:
-                    if missing:
-                        items = evaluate_arm_task(server, arm, task, missing)
-                        store.save(arm, task.resolved.request.name, task.store_key(None, wanted), server.key(), items)
-                        stored.update({i.doc_id: i for i in items})
-            finally:
-                unload(server, arm)
-        for task, wanted, stored, _ in pending:
-            out[(arm.name, task.resolved.request.name)] = [stored[d] for d in wanted]
+    with progress_or_own(progress, {(a.name, t): len(ids) for a in arms for t, ids in wanted.items()}) as progress:
+        for arm in arms:
+            pending = []
+            for task in built:
+                name = task.resolved.request.name
+                stored = stored_items(store, arm, task, None, wanted[name], server.key())
+                progress.add(arm.name, name, stored, scored=False)
+                pending.append((task, stored, [c for c in chunks(wanted[name]) if any(d not in stored for d in c)]))
+            if any(missing for *_, missing in pending):
+                load(server, arm)
+                try:
+                    for task, stored, missing in pending:
+                        for chunk in missing:
+                            _score_chunk(server, arm, task, chunk, stored, store, progress)
+                finally:
+                    unload(server, arm)
+            for task, stored, _ in pending:
+                name = task.resolved.request.name
+                out[(arm.name, name)] = [stored[d] for d in wanted[name]]
     return out
+
+
+def _score_chunk(server: Server, arm: Arm, task: BuiltTask, chunk: list[int], stored: dict[int, Item],
+                 store: ItemStore, progress: Progress) -> None:
+    """Score what ``arm`` lacks of ``chunk`` (all of it when prompts depend on the chunk) and store it."""
+    name = task.resolved.request.name
+    ids = chunk if task.resolved.random_fewshot else [d for d in chunk if d not in stored]
+    with progress.scoring(f"{arm.name} / {name}"):
+        items = evaluate_arm_task(server, arm, task, ids)
+    store.save(arm, name, task.store_key(None, chunk), server.key(), items)
+    stored.update({i.doc_id: i for i in items})
+    progress.add(arm.name, name, (i.doc_id for i in items), scored=True)

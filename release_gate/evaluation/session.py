@@ -9,17 +9,20 @@ the per-item canary runs on the first answer that holds both base and baseline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ..errors import ReleaseGateError, RuntimeFailure
 from ..files import content_key, read_json, write_json_atomic
+from ..runlog import engine_output
 from ..schema import BASE, BASELINE
 from .engine import Arm, EngineSettings
+from .progress import Progress
 from .runner import ResolvedTask
 from .store import Item, ItemStore
 
@@ -42,11 +45,14 @@ class EvaluationSession:
         self._lm: Any = None
         self._checked = False
         self._template: str | None = None
+        self._progress: Progress | None = None
 
     def __enter__(self) -> EvaluationSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.close()
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -62,6 +68,7 @@ class EvaluationSession:
 
     def fetch(self, request: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, np.ndarray]]:
         """Metric vectors of each requested arm on the first n items of each task (sampled order)."""
+        self.progress.expect({(arm, task): self.tasks[task].size for arm, sizes in request.items() for task in sizes})
         by_sizes: dict[tuple[tuple[str, int], ...], list[Arm]] = {}
         for arm, sizes in request.items():
             by_sizes.setdefault(tuple(sorted(sizes.items())), []).append(self.arms[arm])
@@ -71,6 +78,13 @@ class EvaluationSession:
             check_applied(self.items, list(self.tasks))
             self._checked = True
         return {arm: {task: self.vector(arm, task) for task in sizes} for arm, sizes in request.items()}
+
+    @property
+    def progress(self) -> Progress:
+        """One bar for every look (started on the first)."""
+        if self._progress is None:
+            self._progress = Progress()
+        return self._progress
 
     def vector(self, arm: str, task: str) -> np.ndarray:
         resolved = self.tasks[task]
@@ -86,26 +100,28 @@ class EvaluationSession:
         if self.server is not None:
             from . import server as server_mode
 
-            return server_mode.evaluate(self.server, arms, tasks, self.store, sizes)
+            return server_mode.evaluate(self.server, arms, tasks, self.store, sizes, self.progress)
         stored = self._from_store(arms, tasks, sizes)
         if stored is not None and self._canary_file().is_file():
             self.canary = self.canary or read_json(self._canary_file())
+            for (arm, task), items in stored.items():
+                self.progress.add(arm, task, (i.doc_id for i in items), scored=False)
             return stored
         return self._on_engine(arms, tasks, sizes)
 
     def _from_store(self, arms: list[Arm], tasks: list[ResolvedTask], sizes: dict[str, int]
                     ) -> dict[tuple[str, str], list[Item]] | None:
         """Every requested item from the store, or None when anything is missing."""
-        from .runner import BuiltTask
+        from .runner import BuiltTask, stored_items
 
         out = {}
         engine_key = self.settings.key()
         for task in tasks:
             name = task.request.name
             wanted = task.doc_ids(sizes.get(name))
-            key = BuiltTask(task).store_key(self.template(), wanted)
+            built = BuiltTask(task)
             for arm in arms:
-                stored = self.store.load(arm, name, key, engine_key)
+                stored = stored_items(self.store, arm, built, self.template(), wanted, engine_key)
                 if any(d not in stored for d in wanted):
                     return None
                 out[(arm.name, name)] = [stored[d] for d in wanted]
@@ -125,15 +141,18 @@ class EvaluationSession:
                    ) -> dict[tuple[str, str], list[Item]]:
         from .runner import evaluate
 
-        lm = self._start()
         try:
-            return evaluate(lm, arms, tasks, self.store, sizes, cross_arm=self.cross_arm,
-                            template=self.template())
+            items = evaluate(OnDemand(self._start, self.settings), arms, tasks, self.store, sizes,
+                             cross_arm=self.cross_arm, template=self.template(), progress=self.progress)
         except ReleaseGateError:
             raise
         except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives
             raise RuntimeFailure(f"evaluation failed: {type(exc).__name__}: {exc}; every finished chunk of items "
                                  f"is kept in {self.store.root}: run again with --resume to continue") from exc
+        if self._lm is None:  # another run scored every missing item while this one waited on the store's locks
+            self.canary = self.canary or read_json(self._canary_file()) or {
+                "probe": "not run: every item was scored by another run on this store"}
+        return items
 
     def _start(self) -> Any:
         """The engine and its lm-eval model, started once; the probe canary runs (and is recorded) here."""
@@ -144,7 +163,8 @@ class EvaluationSession:
         from .engine import Engine
 
         logger.info("starting the vLLM engine for %d arms (%s)", len(self.arms), self.settings.model)
-        self._engine = Engine(self.settings)
+        with engine_output():  # its processes print into the run's log file
+            self._engine = Engine(self.settings)
         arms = list(self.arms.values())
         base, baseline = self.arms[BASE], self.arms[BASELINE]
         report = canary.check(self._engine, base, baseline, [a for a in arms if a.name not in (BASE, BASELINE)])
@@ -156,6 +176,22 @@ class EvaluationSession:
 
     def _canary_file(self) -> Path:
         return self.store.root / f"canary-{content_key([self.settings.key(), sorted(a.sha256 for a in self.arms.values())])}.json"
+
+
+class OnDemand:
+    """The session's lm-eval model as :func:`.runner.evaluate` sees it, started on first use.
+
+    A run that waits on the store's locks while another run scores the same items finds them stored
+    and starts no engine (two runs on one cache held two engines, one of them idle). The store key
+    (``engine.settings``) is known without one.
+    """
+
+    def __init__(self, start: Callable[[], Any], settings: EngineSettings) -> None:
+        self._start = start
+        self.engine = SimpleNamespace(settings=settings)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._start(), name)
 
 
 def check_applied(items: Mapping[tuple[str, str], list[Item]], tasks: Sequence[str]) -> None:

@@ -93,6 +93,28 @@ def write_offline_tasks(assets: Assets, directory: Path, allow_code_execution: b
     return directory
 
 
+def offline_task_dir(assets: Assets, cache_dir: Path, allow_code_execution: bool = False) -> Path:
+    """The offline tasks for ``assets``, written into the cache: ``tasks/default``, or ``tasks/code-execution``
+    when code execution is allowed (so HumanEval never appears in a run that did not allow it)."""
+    folder = "code-execution" if allow_code_execution else "default"
+    return write_offline_tasks(assets, Path(cache_dir) / "tasks" / folder, allow_code_execution)
+
+
+def default_offline_tasks(cache_dir: Path | None = None) -> Path:
+    """The packaged offline tasks as an lm-eval include path, IFEval's NLTK data pointed at.
+
+    ``release-gate lm-eval``'s default include path; from Python,
+    ``TaskManager(include_path=default_offline_tasks())``. :class:`BadInput` until
+    ``release-gate assets fetch`` has run.
+    """
+    from ..assets import default_cache_dir, load
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    assets = load(root)
+    prepare_environment(assets)
+    return offline_task_dir(assets, root)
+
+
 def write_template_task(template: str, directory: Path, task: str, data_file: Path) -> Path:
     """A task of our own (``task_templates/<template>.yaml``) named ``task`` over ``data_file``, with its
     ``<template>_utils.py`` (the scoring its YAML names) beside it."""

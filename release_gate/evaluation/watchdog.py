@@ -7,6 +7,10 @@ its own (a signal to the run's process group does not reach it). It holds the re
 only write end the parent holds, and records the parent's descendants every 0.2 s. When the pipe
 reaches end of file without a ``stop`` word — the parent is gone, by whatever means — it kills every
 recorded descendant still alive. ``Engine.close`` says ``stop`` first, so a normal exit kills nothing.
+
+Python's resource trackers (``multiprocessing``'s and loky's) are spared: each one unlinks the shared
+memory (``/dev/shm/psm_*``) and semaphores its dead clients leave once the last of them is gone, and exits;
+killing it would leave those files behind until the next reboot.
 """
 
 from __future__ import annotations
@@ -66,9 +70,18 @@ def watch(parent_pid: int, pipe: int) -> int:
         return 0
     for process in known.values():
         with suppress(psutil.Error):
-            if process.is_running():
+            if process.is_running() and not is_resource_tracker(process):
                 process.send_signal(signal.SIGKILL)
     return 0
+
+
+def is_resource_tracker(process) -> bool:  # noqa: ANN001 - a psutil.Process (imported lazily)
+    """Whether ``process`` runs a Python resource tracker, which cleans up after its clients by itself."""
+    import psutil
+
+    with suppress(psutil.Error):
+        return any("resource_tracker" in part for part in process.cmdline())
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover - runs as its own process

@@ -1,9 +1,11 @@
 """A variant's pass conditions at one look, and the comparisons behind them (SPEC §7). Pure.
 
 A variant passes when (1) its target reward beats ``baseline`` by more than ``min_gain``, (2) it beats the
-random-index control, and (3) no guard drops by more than its budget. Each criterion is an exact
-one-sided test (:mod:`.evidence`) at the look's nominal level; the variant's p-value is the largest of
-its criteria's (intersection–union), which is what the multiplicity rule across variants sees.
+random-index control, and (3) no guard drops by more than its budget. Each criterion is a one-sided
+test (:mod:`.evidence`): exact at a fixed n for 0/1 scores against one reference, an anytime-valid betting
+test otherwise (``Criterion.anytime``), judged at ``level``; the variant's p-value is the largest of its
+criteria's (intersection–union), which is what the multiplicity rule across variants sees. Scores must lie
+in each task's declared range (:func:`check_scores`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,23 @@ def pts(value: float | None, signed: bool = True) -> str:
     return text.replace("-", "−")
 
 
+def confidence(level: float) -> str:
+    """``1 − level`` as a percentage with the digits that tell it from 100% (an early look's level is ~1e-5)."""
+    digits = max(0, -math.floor(math.log10(100 * level))) + 1 if 0 < level < 1 else 0
+    return f"{100 * (1 - level):.{digits}f}".rstrip("0").rstrip(".") + "%"
+
+
 def finite(value: float | None) -> float | None:
     """JSON has no infinity: an unbounded value is written as null."""
     return None if value is None or math.isinf(value) or math.isnan(value) else value
+
+
+def check_scores(scores: Scores, rules: Sequence[TaskRule]) -> None:
+    """``ValueError`` naming task, arm and item for a score outside its task's declared range (or NaN)."""
+    for arm, by_task in scores.items():
+        for rule in rules:
+            if rule.name in by_task:
+                rule.check(arm, by_task[rule.name])
 
 
 def oriented(scores: Scores, rules: Sequence[TaskRule]) -> dict[str, dict[str, np.ndarray]]:
@@ -86,10 +102,17 @@ class Criterion:
     threshold: float
     level: float
     strict: bool
+    #: judged on the point estimate alone (``gate.mode: point``): its words then claim no confidence
+    point: bool = False
 
     @property
     def estimate(self) -> float:
         return self.evidence.delta
+
+    @property
+    def anytime(self) -> bool:
+        """The p-value is anytime-valid (compare it with the α share at any look) rather than exact at this n."""
+        return self.evidence.anytime
 
     @property
     def p_value(self) -> float:
@@ -97,7 +120,7 @@ class Criterion:
 
     @property
     def passed(self) -> bool:
-        """The exact test rejects ``Δ ≤ threshold`` at ``level`` (equivalently: ``lcb > threshold``)."""
+        """The test rejects ``Δ ≤ threshold`` at ``level`` (equivalently: ``lcb > threshold``)."""
         return self.p_value <= self.level
 
     @property
@@ -114,13 +137,13 @@ class Criterion:
         return self.id.startswith("guard:")
 
     def text(self) -> str:
-        """The criterion in words, in points (×100): what was measured and what it needed."""
-        confidence = f"{100 * (1 - self.level):.4g}%"
+        """The criterion in words, in points (×100): what was measured and what it needed — with its
+        confidence bound, or in point mode the point comparison alone (that mode claims no confidence)."""
+        shown = "point estimate" if self.point else f"{confidence(self.level)} LCB {pts(self.lcb)}"
         if self.is_guard:
             return (f"guard {self.task} {pts(self.estimate)} pts vs {self.reference} "
-                    f"({confidence} LCB {pts(self.lcb)}, budget ≥ {pts(self.threshold)})")
-        return (f"target reward {pts(self.estimate)} pts vs {self.reference} "
-                f"({confidence} LCB {pts(self.lcb)}, needs > {pts(self.threshold)})")
+                    f"({shown}, budget ≥ {pts(self.threshold)})")
+        return f"target reward {pts(self.estimate)} pts vs {self.reference} ({shown}, needs > {pts(self.threshold)})"
 
     def to_json(self) -> dict[str, Any]:
         e = self.evidence
@@ -128,7 +151,7 @@ class Criterion:
                 "se": finite(e.se), "lcb": finite(self.lcb), "threshold": self.threshold, "level": self.level,
                 "p_value": self.p_value, "passed": self.passed, "passed_point": self.passed_point,
                 "n": e.n, "discordant": e.discordant, "test": e.test.name, "method": e.test.method,
-                "text": self.text()}
+                "anytime": self.anytime, "text": self.text()}
 
 
 @dataclass
@@ -208,16 +231,18 @@ def task_evidence(board: Board, arm: str, references: Sequence[str], rule: TaskR
 def criteria_for(board: Board, arm: str, targets: Sequence[TaskRule], guards: Sequence[TaskRule],
                  controls: Sequence[str], rule: GateRule, level: float) -> list[Criterion]:
     """The variant's criteria on the items it has been scored on, each tested at ``level``."""
+    point = rule.mode == "point"
     out = [Criterion("beats_baseline", REWARD, BASELINE,
-                     reward_evidence(board, arm, [BASELINE], targets, rule.min_gain), rule.min_gain, level, True)]
+                     reward_evidence(board, arm, [BASELINE], targets, rule.min_gain), rule.min_gain, level, True,
+                     point)]
     for name, members in control_references(controls, rule).items():
         suffix = "" if name == CONTROL_MEAN else f":{name}"
         out.append(Criterion(f"beats_control{suffix}", REWARD, name, reward_evidence(board, arm, members, targets),
-                             0.0, level, True))
+                             0.0, level, True, point))
     for g in guards:
         budget = -float(g.max_drop)
         out.append(Criterion(f"guard:{g.name}", g.name, BASELINE, task_evidence(board, arm, [BASELINE], g, budget),
-                             budget, level, False))
+                             budget, level, False, point))
     return out
 
 

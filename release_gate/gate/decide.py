@@ -2,8 +2,12 @@
 
 Evaluation happens in looks (:class:`Design`): at each look the arms still needed are scored on the
 first n items of every task (items come in a seeded random order, so every prefix is a random sample),
-each open variant's criteria are tested exactly (:mod:`.criteria`) and judged against the look's
-nominal level (:mod:`.boundaries`: O'Brien–Fleming alpha spending; one look at α in fixed mode).
+each open variant's criteria are tested (:mod:`.criteria`) and judged against the look's nominal level
+(:mod:`.boundaries`: alpha spending over the gate's information time; one look in fixed mode), or, for
+an anytime-valid criterion, against the variant's share of α itself. A gate's looks continue across
+runs: a re-run that raises the limits gets the earlier runs' looks as ``Design.history`` (the pipeline
+reads them from the look ledger beside the item store) and spends only the α the first run kept for
+re-runs (``gate.rerun_reserve``), so re-running after INCONCLUSIVE does not reset α.
 Holm across variants runs as a graphical procedure: a variant that passes hands its share of α to
 the others, which are then tested again at the same look. Between looks an open variant stops when a
 guard has certainly broken its budget (``collapsed``), when its conditional power under the current
@@ -13,15 +17,24 @@ baseline, the base model and the controls are evaluated as far as an open varian
 
 Outcome: **PROMOTE** the passing variant with the highest reward (ties: smaller guard drop, then
 name); **INCONCLUSIVE** when none passes but one passes on point estimates at its last look (with the
-items per task that would decide it); **REJECT** otherwise. ``mode: point`` judges point estimates
-only, in one look. Pure: a fetch callback supplies the scores, a :class:`Decision` comes out.
+items per task that would decide it); **REJECT** otherwise. A guard on which base and baseline score
+one value on every item evaluated measures nothing (it cannot show a drop): no variant passes while one
+exists, and the outcome is INCONCLUSIVE, the guard named first (REJECT if the variants fail elsewhere
+on point estimates, or with ``mode: point``, which knows no INCONCLUSIVE). A non-finite score is an error. ``mode: point`` judges point estimates only, in one look. Pure: a fetch
+callback supplies the scores, a :class:`Decision` comes out.
+
+Re-running a gate (the API the simulation uses)::
+
+    first = run_gate(design, fetch)
+    again = run_gate(replace(design, limits=raised, history=first.history), fetch)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,8 +44,10 @@ from . import boundaries, stats
 from .criteria import (
     Board,
     Comparison,
+    Criterion,
     Scores,
     Verdict,
+    check_scores,
     comparisons_for,
     criteria_for,
     finite,
@@ -48,6 +63,26 @@ FUTILITY_EVIDENCE = 3
 MAX_ADVISED_FACTOR = 100
 #: The items each arm must be scored on at a look: ``{arm: {task: n}}`` → the scores of those items.
 Fetch = Callable[[Mapping[str, Mapping[str, int]]], Scores]
+#: Fixed-point rounds of the INCONCLUSIVE advice (items needed ↔ the level a re-run with them gets).
+ADVICE_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class PastLook:
+    """A look the gate has made: items per task, information time (1 = the first run's limits), level at α.
+
+    ``run`` and ``date`` say which run made it (filled in by the pipeline's look ledger).
+    """
+
+    n: Mapping[str, int]
+    t: float
+    level: float = math.nan
+    run: str | None = None
+    date: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "date": self.date, "n": dict(self.n), "t": self.t, "nominal_level": finite(self.level)}
+
 
 @dataclass(frozen=True)
 class Design:
@@ -62,12 +97,20 @@ class Design:
     with_base: bool = True
     #: Items each task has in all (caps the INCONCLUSIVE advice); defaults to the limits.
     available: Mapping[str, int] | None = None
+    #: The looks earlier runs of this gate made (oldest first): this run continues their alpha spending.
+    history: tuple[PastLook, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("decide: no candidate variants")
         if not self.controls:
             raise ValueError("decide: at least one random-index control is required")
+        if self.history and set(self.history[-1].n) != set(self.limits):
+            raise ValueError(f"decide: the earlier looks scored tasks {sorted(self.history[-1].n)}, "
+                             f"this run {sorted(self.limits)}")
+        if not self.schedule:
+            raise ValueError("decide: no look adds items to the earlier looks "
+                             f"({dict(self.history[-1].n)}); raise a task's limit beyond them")
 
     @property
     def rules(self) -> tuple[TaskRule, ...]:
@@ -77,19 +120,68 @@ class Design:
     def fractions(self) -> tuple[float, ...]:
         return self.rule.fractions
 
+    @cached_property
+    def schedule(self) -> tuple[tuple[dict[str, int], float], ...]:
+        """This run's looks: items per task and information time, each look adding items.
+
+        The planned looks are the rule's fractions of each limit. A first run gives them the fractions
+        as times (looks that would repeat the same items merge into the later one). A later run raises
+        every look to the items the gate has already seen, drops looks that add none (those items were
+        tested before), and times the rest by :func:`.boundaries.continued_times`.
+        """
+        planned = [{task: boundaries.look_sizes(limit, self.fractions)[k] for task, limit in self.limits.items()}
+                   for k in range(len(self.fractions))]
+        if not self.history:
+            looks: list[tuple[dict[str, int], float]] = []
+            for sizes, fraction in zip(planned, self.fractions):
+                if looks and looks[-1][0] == sizes:
+                    looks.pop()
+                looks.append((sizes, fraction))
+            return tuple(looks)
+        last = self.history[-1]
+        previous, fresh = dict(last.n), []
+        for sizes in planned:
+            raised = {task: max(n, previous[task]) for task, n in sizes.items()}
+            if any(raised[task] > previous[task] for task in raised):
+                fresh.append(raised)
+                previous = raised
+        return tuple(zip(fresh, boundaries.continued_times((dict(last.n), last.t), fresh)))
+
+    @property
+    def n_looks(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        """Information times of every look of the gate: the earlier runs', then this run's."""
+        return (*(h.t for h in self.history), *(t for _, t in self.schedule))
+
     def sizes(self, look: int) -> dict[str, int]:
-        return {task: boundaries.look_sizes(limit, self.fractions)[look] for task, limit in self.limits.items()}
+        return dict(self.schedule[look][0])
+
+    def fraction(self, look: int) -> float:
+        """The look's share of this run's last look's information (conditional power's time scale)."""
+        return self.schedule[look][1] / self.schedule[-1][1]
 
     def nominal(self, look: int, alpha: float) -> float:
-        return boundaries.nominal_levels(alpha, self.fractions)[look]
+        """Nominal level of this run's ``look`` for a hypothesis given ``alpha``, every earlier look counted."""
+        return boundaries.nominal_levels(alpha, self.times, self.rule.rerun_reserve)[len(self.history) + look]
+
+    def looks_made(self, count: int) -> tuple[PastLook, ...]:
+        """The gate's looks after this run made its first ``count``: the history continued."""
+        return (*self.history, *(PastLook(self.sizes(k), self.schedule[k][1], self.nominal(k, self.rule.alpha))
+                                 for k in range(count)))
 
     def to_json(self) -> dict[str, Any]:
         rule = self.rule
-        levels = boundaries.nominal_levels(rule.alpha, self.fractions)
-        return {"sequential": len(self.fractions) > 1, "looks": list(self.fractions),
-                "spending": "Lan-DeMets O'Brien-Fleming" if len(self.fractions) > 1 else None,
-                "nominal_levels": list(levels), "futility": rule.futility if len(self.fractions) > 1 else None,
-                "items": {task: list(boundaries.look_sizes(limit, self.fractions)) for task, limit in self.limits.items()}}
+        sequential = len(self.times) > 1
+        return {"sequential": len(self.fractions) > 1, "looks": [t for _, t in self.schedule],
+                "first_look": len(self.history) + 1,
+                "spending": "Lan-DeMets O'Brien-Fleming, then the re-run reserve" if sequential else None,
+                "rerun_reserve": rule.rerun_reserve,
+                "nominal_levels": [self.nominal(k, rule.alpha) for k in range(self.n_looks)],
+                "futility": rule.futility if len(self.fractions) > 1 else None,
+                "items": {task: [sizes[task] for sizes, _ in self.schedule] for task in self.limits}}
 
 
 @dataclass
@@ -111,6 +203,11 @@ class Decision:
     items_needed: dict[str, int] | None = None
 
     @property
+    def history(self) -> tuple[PastLook, ...]:
+        """Every look of the gate so far, this run's included: a re-run's ``Design.history``."""
+        return self.design.looks_made(len(self.looks))
+
+    @property
     def items(self) -> int:
         """Arm × item evaluations this decision used."""
         return sum(sum(by_task.values()) for by_task in self.evaluated.values())
@@ -127,6 +224,7 @@ class Decision:
             "comparisons": [c.to_json() for c in self.comparisons],
             "variants": {name: v.to_json() for name, v in self.verdicts.items()},
             "looks": self.looks,
+            "history": [dict(look=k + 1, **h.to_json()) for k, h in enumerate(self.history)],
             "evaluated": self.evaluated,
             "items_needed": self.items_needed,
         }
@@ -147,10 +245,12 @@ class _Gate:
         self.passed: list[str] = []
         self.looks: list[dict[str, Any]] = []
         self.evaluated: dict[str, dict[str, int]] = {}
+        #: Guards that measure nothing on the items seen so far (see :func:`dead_guards`).
+        self.dead: list[str] = []
 
     @property
     def last(self) -> int:
-        return len(self.design.fractions) - 1
+        return self.design.n_looks - 1
 
     def level(self) -> float:
         """Each open hypothesis's share of α (Holm: passed variants hand theirs on)."""
@@ -160,7 +260,7 @@ class _Gate:
         return self.rule.alpha / remaining
 
     def run(self) -> None:
-        for look in range(len(self.design.fractions)):
+        for look in range(self.design.n_looks):
             self.score(look)
             self.judge(look)
             self.stop_early(look)
@@ -171,23 +271,36 @@ class _Gate:
     def score(self, look: int) -> None:
         sizes = self.design.sizes(look)
         arms = [BASELINE, *((BASE,) if self.design.with_base else ()), *self.design.controls, *self.open]
-        fetched = oriented(self.fetch({arm: sizes for arm in arms}), self.design.rules)
+        fetched = self.fetch({arm: sizes for arm in arms})
+        check_finite(fetched, sizes)
+        check_scores(fetched, self.design.rules)
+        fetched = oriented(fetched, self.design.rules)
         for arm in arms:
             self.board.scores[arm] = fetched[arm]
             self.evaluated[arm] = dict(sizes)
 
+    def threshold(self, criterion: Criterion, look: int, share: float) -> float:
+        """A criterion's level at ``look`` for a hypothesis given ``share`` of α: the share itself for an
+        anytime-valid test, the look's nominal (spending) level for an exact fixed-n one."""
+        return share if criterion.anytime else self.design.nominal(look, share)
+
+    def passes(self, verdict: Verdict, look: int, share: float) -> bool:
+        return all(c.p_value <= self.threshold(c, look, share) for c in verdict.criteria)
+
     def judge(self, look: int) -> None:
-        criterion_level = self.design.nominal(look, self.rule.alpha)
+        self.dead = dead_guards(self.board, self.design)
         for arm in self.open:
             criteria = criteria_for(self.board, arm, self.design.targets, self.design.guards, self.design.controls,
-                                    self.rule, criterion_level)
-            self.verdicts[arm] = Verdict(arm, criteria, look, self.design.fractions[look], self.board.n(arm))
+                                    self.rule, self.design.nominal(look, self.rule.alpha))
+            for c in criteria:
+                c.level = self.threshold(c, look, self.rule.alpha)
+            self.verdicts[arm] = Verdict(arm, criteria, look, self.design.schedule[look][1], self.board.n(arm))
         point = self.rule.mode == "point"
-        while self.open:
+        while self.open and not self.dead:
             level = self.level()
             boundary = self.design.nominal(look, level)
             newly = [a for a in self.open if (self.verdicts[a].passed_point if point
-                                              else self.verdicts[a].p_value <= boundary)]
+                                              else self.passes(self.verdicts[a], look, level))]
             if not newly:
                 break
             for arm in newly:
@@ -218,7 +331,7 @@ class _Gate:
                    ) -> tuple[Status | None, str]:
         if look == self.last or self.rule.mode == "point":
             return None, ""
-        fraction = self.design.fractions[look]
+        fraction = self.design.fraction(look)
         collapse_level = self.design.nominal(look, self.rule.alpha)
         for c in verdict.criteria:
             if c.is_guard and c.evidence.p_value_below(c.threshold) <= collapse_level:
@@ -249,7 +362,8 @@ class _Gate:
                 for c in verdict.criteria:
                     entry["criteria"][c.id]["lcb"] = finite(c.lcb)
             variants[arm] = entry
-        self.looks.append({"look": look + 1, "fraction": self.design.fractions[look], "n": self.design.sizes(look),
+        self.looks.append({"look": len(self.design.history) + look + 1, "fraction": self.design.schedule[look][1],
+                           "n": self.design.sizes(look),
                            "nominal_level": self.design.nominal(look, self.rule.alpha),
                            "arms": sorted(a for a, n in self.evaluated.items() if n == self.design.sizes(look)),
                            "variants": variants})
@@ -273,16 +387,21 @@ def run_gate(design: Design, fetch: Fetch, record_bounds: bool = True, summaries
             verdict.p_adjusted = verdict.p_value
     verdicts = {arm: gate.verdicts[arm] for arm in design.variants}
     outcome, winner = outcome_of(verdicts)
-    warnings = budget_warnings(design.rules, design.limits, rule.alpha)
+    dead = dead_guard_reasons(gate.board, design)
+    blocked = bool(dead) and outcome == Outcome.INCONCLUSIVE  # a variant fit on every live criterion
+    if blocked and rule.mode == "point":  # the paper's comparison knows only PROMOTE and REJECT
+        outcome = Outcome.REJECT
+    live = [r for r in design.rules if r.name not in gate.dead]
+    warnings = [*dead, *budget_warnings(live, design.limits, rule.alpha)]
     if not summaries:
         return Decision(outcome, winner, [], verdicts, [], {}, {}, rule, design, gate.looks, gate.evaluated, warnings)
-    reasons = reasons_for(outcome, winner, verdicts, rule)
-    needed = items_needed(verdicts, design) if outcome == Outcome.INCONCLUSIVE else None
-    if needed:
-        reasons[0] += "; " + advice(needed, design)
+    reasons = reasons_for(outcome, winner, verdicts, rule, len(design.history))
+    needed = None
+    if blocked:
+        reasons[0] = f"{outcome}: " + "; ".join(dead)
     elif outcome == Outcome.INCONCLUSIVE:
-        reasons[0] += (f"; the observed effects are too small for more items to settle (over {MAX_ADVISED_FACTOR}× "
-                       "what was scored would be needed)")
+        needed = items_needed(verdicts, design)
+        reasons[0] += "; " + (advice(needed, design) if needed else no_advice(verdicts, design))
     comparisons = comparisons_for(gate.board, list(gate.board.scores), design.variants, design.controls,
                                   design.targets, design.guards, rule)
     return Decision(outcome, winner, reasons, verdicts, comparisons, task_summaries(comparisons, design, gate.evaluated),
@@ -321,15 +440,23 @@ def outcome_of(verdicts: Mapping[str, Verdict]) -> tuple[str, str | None]:
     return Outcome.REJECT, None
 
 
-def reasons_for(outcome: str, winner: str | None, verdicts: Mapping[str, Verdict], rule: GateRule) -> list[str]:
-    """The outcome in words (first line), then one line per variant, best first."""
+def reasons_for(outcome: str, winner: str | None, verdicts: Mapping[str, Verdict], rule: GateRule,
+                earlier_looks: int = 0) -> list[str]:
+    """The outcome in words (first line), then one line per variant, best first.
+
+    ``earlier_looks``: looks earlier runs of the gate made (a re-run's look numbers continue theirs).
+    """
     point = rule.mode == "point"
     details = [_verdict_reason(v, rule, point) for v in sorted(verdicts.values(), key=_rank)]
     if outcome == Outcome.PROMOTE:
         win = verdicts[winner]
+        holm = " after Holm" if rule.holm and len(verdicts) > 1 else ""
+        look = win.look + 1 + earlier_looks
         evidence = "on point estimates (mode: point)" if point else (
-            f"with confidence (p = {win.p_value:.3g} ≤ {win.boundary:.3g}, its level at look {win.look + 1}"
-            f"{' after Holm' if rule.holm and len(verdicts) > 1 else ''})")
+            f"with confidence (p = {win.p_value:.3g} ≤ {win.boundary:.3g}, its level at look {look}{holm})"
+            if win.p_value <= win.boundary else
+            f"with confidence (every criterion within its level at look {look}{holm}; the anytime-valid ones "
+            "against the variant's whole share of α)")
         head = (f"PROMOTE {win.arm}: it beats baseline and the random control and stays within every guard budget "
                 f"{evidence}; target reward {pts(win.reward)} pts, worst guard drop {100 * win.worst_guard_drop:.1f} pts")
         return [head, *details]
@@ -359,19 +486,44 @@ def _verdict_reason(v: Verdict, rule: GateRule, point: bool) -> str:
     return f"{v.arm}: passes: {'; '.join(c.text() for c in v.criteria)}"
 
 
+def _near(verdicts: Mapping[str, Verdict]) -> Verdict | None:
+    """The best variant that passes on point estimates at the end of its evaluation, if any."""
+    near = sorted((v for v in verdicts.values() if v.status == Status.FINAL and v.passed_point), key=_rank)
+    return near[0] if near else None
+
+
 def items_needed(verdicts: Mapping[str, Verdict], design: Design) -> dict[str, int] | None:
-    """Items per task at which the best variant passing on point estimates would pass with 80% power.
+    """Items per task at which the best variant passing on point estimates would pass a re-run with 80% power.
 
     From the effects and spreads it showed: for every criterion that holds on the point estimate but
     not with confidence, ``n · ((z_level + z_0.8)·sd / effect)² / n``, the reward's factor applied to
-    every target. ``None`` when no such variant or no finite answer exists.
+    every target. The level is the one the re-run would get: the variant's share of α for an
+    anytime-valid criterion; for an exact one, the nominal level of the last look of a run with those
+    limits that continues this gate's looks (found by a few fixed-point rounds: more items, a later
+    look, another level). ``None`` when no such variant or no finite answer exists (also when the gate
+    kept no α for re-runs).
     """
-    near = sorted((v for v in verdicts.values() if v.status == Status.FINAL and v.passed_point), key=_rank)
-    if not near:
+    verdict = _near(verdicts)
+    if verdict is None:
         return None
-    verdict = near[0]
-    level = design.nominal(len(design.fractions) - 1, verdict.level if not math.isnan(verdict.level)
-                           else design.rule.alpha)
+    share = verdict.level if not math.isnan(verdict.level) else design.rule.alpha
+    history = design.looks_made(design.n_looks)
+    level = design.nominal(design.n_looks - 1, share)
+    out: dict[str, int] | None = None
+    for _ in range(ADVICE_ROUNDS):
+        out = _items_at(verdict, design, share, level)
+        if out is None:
+            return None
+        limits = {**design.limits, **out}
+        if all(limits[t] <= history[-1].n[t] for t in limits):
+            return out
+        rerun = replace(design, limits=limits, history=history)
+        level = rerun.nominal(rerun.n_looks - 1, share)
+    return out
+
+
+def _items_at(verdict: Verdict, design: Design, share: float, level: float) -> dict[str, int] | None:
+    """Items per task for 80% power when exact criteria are tested at ``level``, anytime ones at ``share``."""
     out: dict[str, int] = {}
     for c in verdict.criteria:
         if c.passed:
@@ -379,7 +531,7 @@ def items_needed(verdicts: Mapping[str, Verdict], design: Design) -> dict[str, i
         effect = c.estimate - c.threshold
         tasks = [r.name for r in design.targets] if c.task == "reward" else [c.task]
         current = min(verdict.n[t] for t in tasks)
-        wanted = stats.items_for_power(effect, c.evidence.se, current, level)
+        wanted = stats.items_for_power(effect, c.evidence.se, current, share if c.anytime else level)
         if not wanted <= MAX_ADVISED_FACTOR * current:  # also inf/nan: no sample size worth naming
             return None
         factor = max(1.0, wanted / current)
@@ -388,15 +540,40 @@ def items_needed(verdicts: Mapping[str, Verdict], design: Design) -> dict[str, i
     return out or None
 
 
+def about(n: int) -> str:
+    """A count rounded up to three significant digits, with thousands separators (13,130 → 13,200)."""
+    step = 10 ** max(0, len(str(n)) - 3)
+    return f"{-(-n // step) * step:,}"
+
+
 def advice(needed: Mapping[str, int], design: Design) -> str:
-    """The INCONCLUSIVE reason's second half: how many items, and how to get them."""
+    """The INCONCLUSIVE reason's second half: how many items would decide, and how to get them, or why not."""
     available = design.available or {}
-    parts = []
-    for task, n in needed.items():
-        cap = available.get(task)
-        parts.append(f"{task}: {n}" + (f" (more than the {cap} it has)" if cap is not None and n > cap else ""))
-    return ("at the observed effects about " + ", ".join(parts) + " items would decide with 80% power; "
-            "raise the task limits and re-run with --resume: only the new items are evaluated")
+    needed = {t: n for t, n in needed.items() if n > design.limits[t]} or needed  # only the tasks that must grow
+    short = {t: available[t] for t, n in needed.items() if t in available and n > available[t]}
+    if short:
+        task, cap = next(iter(short.items()))
+        return (f"at the observed effect about {about(needed[task])} items of {task} would be needed; the task has "
+                f"only {cap:,}, so this effect is too small to show with it")
+    tasks = list(needed)
+    counts = " and ".join(f"{about(needed[t])} items of {t}" if i == 0 else f"{about(needed[t])} of {t}"
+                          for i, t in enumerate(tasks))
+    raise_to = (f"raise its limit to {about(needed[tasks[0]])}" if len(tasks) == 1
+                else "raise their limits to these")
+    return (f"at the observed effect about {counts} would decide (80% power); {raise_to} and re-run with --resume: "
+            f"only the new items are scored and the gate continues from look {len(design.history) + design.n_looks + 1}, "
+            "spending the α it kept for re-runs")
+
+
+def no_advice(verdicts: Mapping[str, Verdict], design: Design) -> str:
+    """Why an INCONCLUSIVE names no number of items."""
+    verdict = _near(verdicts)
+    exact = verdict is not None and any(not c.passed and not c.anytime for c in verdict.criteria)
+    if design.rule.rerun_reserve == 0 and exact:
+        return ("gate.rerun_reserve is 0, so this gate kept no α for re-runs: raising the limits cannot promote a "
+                "variant on these tests")
+    return (f"the observed effects are too small for more items to settle (over {MAX_ADVISED_FACTOR}× what was "
+            "scored would be needed)")
 
 
 # --- summaries -------------------------------------------------------------------------------------------
@@ -420,8 +597,47 @@ def task_summaries(comparisons: Sequence[Comparison], design: Design, evaluated:
     return out
 
 
+def check_finite(scores: Scores, sizes: Mapping[str, int]) -> None:
+    """Refuse a non-finite score (a NaN would make every test's null distribution NaN and pass it)."""
+    for arm, by_task in scores.items():
+        for task in sizes:
+            values = np.asarray(by_task[task], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise ValueError(f"decide: arm {arm}, task {task}, item {int(bad[0])}: score {values[bad[0]]} is not "
+                                 "finite; every score must be a finite number")
+
+
+def dead_guards(board: Board, design: Design) -> list[str]:
+    """Guards on which the reference arms (base and baseline, or baseline alone) each score one value on every
+    item seen: no item they can fail and pass, so no drop can show there, and passing them means nothing."""
+    references = [BASELINE, *((BASE,) if design.with_base else ())]
+    return [g.name for g in design.guards
+            if all(np.ptp(board.scores[arm][g.name]) == 0 for arm in references if board.scores[arm][g.name].size)]
+
+
+def dead_guard_reasons(board: Board, design: Design) -> list[str]:
+    """Each dead guard in words, with what the reference arms scored (on the metric's own scale)."""
+    out = []
+    dead = dead_guards(board, design)
+    for g in design.guards:
+        if g.name not in dead:
+            continue
+        values = {arm: g.sign * float(board.scores[arm][g.name][0]) for arm in (BASE, BASELINE)
+                  if arm in board.scores and (arm == BASELINE or design.with_base)}
+        n = board.scores[BASELINE][g.name].size
+        if len(set(values.values())) == 1:
+            who = "base and baseline score" if len(values) == 2 else "baseline scores"
+            seen = f"{who} {values[BASELINE]:g} on all {n} items"
+        else:
+            seen = f"base scores {values[BASE]:g} and baseline {values[BASELINE]:g} on all {n} items"
+        out.append(f"guard {g.name}: {seen}, so it cannot show a drop; no variant can be promoted on it — use items "
+                   "the models can pass and fail")
+    return out
+
+
 def budget_warnings(rules: Sequence[TaskRule], n_items: Mapping[str, int], alpha: float) -> list[str]:
-    """Guards whose budget is below the planned MDE cannot show non-inferiority for an unchanged score."""
+    """Guards whose budget is below the planned MDE show non-inferiority only for variants that change few items."""
     warnings = []
     for r in rules:
         if r.role != "guard":
@@ -431,8 +647,8 @@ def budget_warnings(rules: Sequence[TaskRule], n_items: Mapping[str, int], alpha
             warnings.append(
                 f"guard {r.name}: budget {100 * r.max_drop:.1f} pts is below its minimum detectable effect "
                 f"{100 * planned:.1f} pts at n={n_items[r.name]} (assuming {100 * stats.PLANNED_DISCORDANCE:.0f}% "
-                "discordant items): a variant that leaves the guard unchanged will rarely pass; use more items "
-                "or a larger budget")
+                "discordant items): the test can show a variant within it only if the variant changes few of "
+                "the guard's items; use more items or a larger budget")
     return warnings
 
 

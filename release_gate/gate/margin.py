@@ -1,32 +1,35 @@
-"""Exact tests of a paired 0/1 difference against a margin: guards (non-inferiority) and ``min_gain``.
+"""Exact tests of a paired 0/1 difference against ONE reference: McNemar, and margins (guards, ``min_gain``).
 
-``H0: Δ ≤ δ0`` with ``Δ = p10 − p01`` (p10: the arm is right where the reference is wrong). A guard tests
-``δ0 = −max_drop``; a positive ``min_gain`` tests ``δ0 = +min_gain``. The conditional (McNemar) test does
-not extend to δ0 ≠ 0, and the large-sample tests do not hold their size where it matters: at the budget
-edge with few discordant prompts the paired t-test passed 5.7 % of gates at α = 5 %, and Tango's
-asymptotic score test reaches 5.8–6.2 % (exact sizes, computed by enumeration in the tests).
+``Δ = p10 − p01`` (p10: the arm is right where the reference is wrong). ``Δ > 0`` (beats baseline, beats
+one control seed) is the exact McNemar test: ``binomtest`` on the discordant items. A margin ``Δ > δ0``
+with δ0 ≠ 0 (a guard tests ``δ0 = −max_drop``, a positive ``min_gain`` ``δ0 = +min_gain``) is not
+McNemar's: the conditional test does not extend to δ0 ≠ 0, and the large-sample tests do not hold their
+size where it matters: at the budget edge with few discordant prompts the paired t-test passed 5.7 % of
+gates at α = 5 %, and Tango's asymptotic score test reaches 5.8–6.2 % (exact sizes, computed by
+enumeration in the tests).
 
-So the p-value is the *exact unconditional* one, with Tango's score statistic as the ordering:
+So a margin's p-value is the *exact unconditional* one, with Tango's score statistic as the ordering:
 ``p = sup_π P_π(Z ≥ z_obs)`` over the nuisance discordance rate π on the null boundary ``Δ = δ0``.
 Conditioning on the number of discordant items D (``D ~ Bin(n, π)``, wins ``| D ~ Bin(D, (π + δ0)/2π)``)
 and Tango's Z being increasing in the wins for fixed D makes each P_π a sum of n binomial tails, so the
-supremum (a dense grid on π, then a bounded refinement) is cheap. Its size is ≤ α by construction;
-inverting it gives the lower confidence bound. Pure numpy/scipy.
+supremum (a dense grid on π, then a bounded refinement) is cheap. Its size is ≤ α by construction. Both
+tests are exact at a fixed n (``anytime = False``); their bounds are inverted in :mod:`.evidence`.
+Pure numpy/scipy.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
-from scipy import special
+from scipy import special, stats
 
 #: Grid points on the nuisance discordance rate before the local refinement.
 NUISANCE_GRID = 160
 #: Refinements of the grid around its best point.
 ZOOMS = 3
-BISECTIONS = 48
+#: Binomial weights of the discordant count below which its term is dropped from a tail sum.
+NEGLIGIBLE = 1e-16
 _TOL = 1e-9
 
 
@@ -46,25 +49,22 @@ def tango_z(wins, losses, n: int, delta0: float) -> np.ndarray:
     return np.where(variance > 1e-300, z, degenerate)
 
 
-@lru_cache(maxsize=128)
-def _table(n: int, delta0: float) -> np.ndarray:
-    """Tango's Z of every table: row D (discordant items), column wins (0..D); NaN where wins > D."""
-    wins = np.arange(n + 1)[None, :]
-    total = np.arange(n + 1)[:, None]
-    z = tango_z(wins, np.maximum(total - wins, 0), n, delta0)
-    return np.where(wins <= total, z, np.nan)
-
-
 def _first_rejecting(n: int, delta0: float, z_obs: float) -> np.ndarray:
     """Per D, the smallest number of wins whose Z is at least the observed one (D + 1: none).
 
     Z increases with the wins for a fixed D (checked in the tests), so the rejection region of each
-    row is its upper tail.
+    row is its upper tail, found by a binary search per row (all rows at once).
     """
-    z = _table(n, delta0)
-    with np.errstate(invalid="ignore"):
-        extreme = z >= z_obs - _TOL * max(1.0, abs(z_obs))
-    return np.where(extreme.any(axis=1), extreme.argmax(axis=1), np.arange(n + 1) + 1)
+    total = np.arange(n + 1)
+    low, high = np.zeros(n + 1, dtype=np.int64), total + 1
+    threshold = z_obs - _TOL * max(1.0, abs(z_obs))
+    while np.any(low < high):
+        mid = np.minimum((low + high) // 2, total)
+        extreme = tango_z(mid, total - mid, n, delta0) >= threshold
+        open_ = low < high
+        high = np.where(open_ & extreme, mid, high)
+        low = np.where(open_ & ~extreme, mid + 1, low)
+    return low
 
 
 def _tail(first: np.ndarray, n: int, delta0: float, pi: np.ndarray) -> np.ndarray:
@@ -77,12 +77,15 @@ def _tail(first: np.ndarray, n: int, delta0: float, pi: np.ndarray) -> np.ndarra
     d = np.arange(n + 1)[None, :]
     log_choose = special.gammaln(n + 1) - special.gammaln(d + 1) - special.gammaln(n - d + 1)
     weight = np.exp(log_choose + special.xlogy(d, pi) + special.xlog1py(n - d, -pi))
+    used = weight.max(axis=0) > NEGLIGIBLE  # counts of D no π on the grid makes likely: their terms are ~0
+    weight, d, first = weight[:, used], d[:, used], first[used]
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = np.clip(np.where(pi > 0, (pi + delta0) / (2.0 * pi), 0.5), 0.0, 1.0)
     k = np.broadcast_to(first[None, :], weight.shape)
-    inner = (k >= 1) & (k <= d)
-    tail = special.betainc(np.where(inner, k, 1), np.where(inner, d - k + 1, 1), np.broadcast_to(theta, weight.shape))
-    conditional = np.where(k <= 0, 1.0, np.where(k > d, 0.0, tail))
+    dd = np.broadcast_to(d, weight.shape)
+    inner = (k >= 1) & (k <= dd) & (weight > 0)
+    conditional = (k <= 0).astype(np.float64)  # every count of wins rejects: 1; none (k > D): 0
+    conditional[inner] = special.betainc(k[inner], (dd - k + 1)[inner], np.broadcast_to(theta, weight.shape)[inner])
     return np.sum(weight * conditional, axis=1)
 
 
@@ -111,29 +114,13 @@ def margin_p_value(wins: int, losses: int, n: int, delta0: float) -> float:
     return float(min(1.0, peak))
 
 
-def margin_lower_bound(wins: int, losses: int, n: int, level: float) -> float:
-    """``sup{δ : p(δ) ≤ level}`` by bisection: the bound the margin test inverts to."""
-    if n == 0:
-        return -math.inf
-    low, high = -1.0 + 1e-9, (wins - losses) / n
-    if margin_p_value(wins, losses, n, low) > level:
-        return -math.inf
-    if margin_p_value(wins, losses, n, high) <= level:
-        return high
-    for _ in range(BISECTIONS):
-        mid = 0.5 * (low + high)
-        if margin_p_value(wins, losses, n, round(mid, 12)) <= level:
-            low = mid
-        else:
-            high = mid
-    return low
-
-
 class MarginTest:
     """The exact unconditional margin test of one paired 0/1 comparison (wins, losses, n)."""
 
     name = "exact-unconditional (Tango score)"
     method = "exact"
+    anytime = False
+    span = (-1.0, 1.0)
 
     def __init__(self, wins: int, losses: int, n: int) -> None:
         self.wins, self.losses, self.n = int(wins), int(losses), int(n)
@@ -143,10 +130,17 @@ class MarginTest:
 
     def p_value_below(self, delta0: float) -> float:
         """``H0: Δ ≥ δ0`` against ``Δ < δ0``: the same test with wins and losses swapped."""
-        return margin_p_value(self.losses, self.wins, self.n, round(-float(delta0), 12))
+        return type(self)(self.losses, self.wins, self.n).p_value(-delta0)
 
-    def lower_bound(self, level: float) -> float:
-        return margin_lower_bound(self.wins, self.losses, self.n, level)
 
-    def upper_bound(self, level: float) -> float:
-        return -margin_lower_bound(self.losses, self.wins, self.n, level)
+class McNemarTest(MarginTest):
+    """Exact McNemar at δ0 = 0: ``P(Bin(wins + losses, ½) ≥ wins)``; the margin test at any other δ0
+    (so the bound it inverts to is the margin test's, decided at 0 by McNemar)."""
+
+    name = "exact McNemar"
+
+    def p_value(self, delta0: float) -> float:
+        if delta0 != 0.0:
+            return super().p_value(delta0)
+        discordant = self.wins + self.losses
+        return float(stats.binom.sf(self.wins - 1, discordant, 0.5)) if discordant else 1.0

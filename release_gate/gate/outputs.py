@@ -15,8 +15,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import yaml
 
-from ..assets import HUB_IDS
-from ..files import atomic_directory, read_json, remove_directory, write_json_atomic, write_text_atomic
+from ..assets import public_model_id
+from ..errors import BadInput
+from ..files import atomic_directory, remove_directory, write_json_atomic, write_text_atomic
 from ..schema import (
     DECISION_FILE,
     JUNIT_FILE,
@@ -33,47 +34,84 @@ from .criteria import pts
 PROMOTED_FILES = (CONFIG_FILE, SAFETENSORS_FILE, SIDECAR_FILE)
 
 
+def point_mode(document: dict[str, Any]) -> bool:
+    """``gate.mode: point``: the paper's rule, judged on point estimates; no confidence is claimed."""
+    return document["gate"]["mode"] == "point"
+
+
+def criterion_held(criterion: dict[str, Any], point: bool) -> bool:
+    """Whether a criterion held under the gate's mode (on its point estimate in point mode)."""
+    return bool(criterion["passed_point"] if point else criterion["passed"])
+
+
+def evidence_sentence(document: dict[str, Any], verdict: dict[str, Any]) -> str:
+    """What the promotion rests on: the exact test at its level, or (point mode) the point estimates only."""
+    if point_mode(document):
+        return ("Promoted on point estimates (`gate.mode: point`, the paper's rule): every criterion above holds "
+                f"on the observed means over {_items(verdict)}. No significance test was required and no "
+                "confidence is claimed; `gate.mode: statistical` (the default) would also require one.")
+    holm = " (Holm across the variants)" if document["gate"]["holm"] else ""
+    return (f"p = {verdict['p_value']:.3g} (the largest of its criteria's exact p-values) ≤ {verdict['boundary']:.3g}, "
+            f"its level at look {verdict['look']}{holm}.")
+
+
+def _items(verdict: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {task} items" for task, n in verdict["n"].items())
+
+
 def summary_markdown(document: dict[str, Any]) -> str:
-    """A short Markdown verdict for PR comments and CI job summaries."""
+    """A short Markdown verdict for PR comments and CI job summaries (point mode: no confidence columns)."""
     outcome = document["outcome"]
     promoted = document.get("promoted")
     gate = document["gate"]
+    point = point_mode(document)
     lines = [f"## release-gate: **{outcome}**" + (f" `{promoted['arm']}`" if promoted else ""), ""]
     lines += [f"- {reason}" for reason in document["reasons"]]
     design = document["design"]
     evaluation = (f"sequential in {len(design['looks'])} looks ({design['spending']} spending)" if design["sequential"]
                   else "fixed (every item at once)")
+    judged = "point estimates only (the paper's rule), no tests" if point else "exact tests"
     lines += ["", f"Gate: mode `{gate['mode']}`, α = {gate['alpha']}, min gain {pts(gate['min_gain'])} pts, "
               f"Holm {'on' if gate['holm'] else 'off'}, control reference: {gate['control_reference']}, "
-              f"evaluation {evaluation}; exact tests.", ""]
+              f"evaluation {evaluation}; {judged}.", ""]
     tasks = document["tasks"]
-    lines += ["| variant | passed | p ≤ level | reward vs baseline | " +
+    p_column = "" if point else " p ≤ level |"
+    lines += ["| variant | passed |" + p_column + " reward vs baseline | " +
               " | ".join(f"{t} ({v['role']}, n ≤ {v['n']})" for t, v in tasks.items()) + " |",
-              "|---|---|---|---|" + "---|" * len(tasks)]
+              "|---|---|" + ("" if point else "---|") + "---|" + "---|" * len(tasks)]
     deltas = {(c["arm"], c["task"]): c for c in document["comparisons"] if c["reference"] == "baseline"}
     for arm, verdict in document["variants"].items():
         mark = "✅" if verdict["passed"] else ("➖" if verdict["passed_point"] else "❌")
-        cells = [f"{pts(deltas[(arm, t)]['delta'])} [{pts(deltas[(arm, t)]['lcb'])}]" for t in tasks]
+        cells = [pts(deltas[(arm, t)]["delta"]) + ("" if point else f" [{pts(deltas[(arm, t)]['lcb'])}]")
+                 for t in tasks]
         level = f"{verdict['boundary']:.3g}" if verdict["boundary"] is not None else "—"
-        lines.append(f"| `{arm}` | {mark} {verdict['status']} | {verdict['p_value']:.3g} ≤ {level}? | "
-                     f"{pts(verdict['reward'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Δ in points vs the unedited adapter, [one-sided lower confidence bound]. "
-              "✅ passes, ➖ passes on point estimates only, ❌ fails.", ""]
+        p_cell = "" if point else f" {verdict['p_value']:.3g} ≤ {level}? |"
+        lines.append(f"| `{arm}` | {mark} {verdict['status']} |{p_cell} {pts(verdict['reward'])} | "
+                     + " | ".join(cells) + " |")
+    legend = ("Δ in points vs the unedited adapter (point estimates). ✅ passes on point estimates, ❌ fails."
+              if point else "Δ in points vs the unedited adapter, [one-sided lower confidence bound]. "
+              "✅ passes, ➖ passes on point estimates only, ❌ fails.")
+    lines += ["", legend, ""]
     lines += [f"> ⚠ {w}" for w in document.get("warnings", [])]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def junit_xml(document: dict[str, Any]) -> str:
-    """One test case per criterion per variant; a failed criterion is a JUnit failure with its reason."""
+    """One test case per criterion per variant; a failed criterion is a JUnit failure with its reason.
+
+    A criterion fails as the gate's mode judges it: with confidence, or on its point estimate in point mode.
+    """
     cases = []
     failures = 0
+    point = point_mode(document)
     for arm, verdict in document["variants"].items():
         for criterion in verdict["criteria"]:
             name = quoteattr(f"{arm}: {criterion['id']}")
             body = ""
-            if not criterion["passed"]:
+            if not criterion_held(criterion, point):
                 failures += 1
-                body = f"<failure message={quoteattr(criterion['text'])}>{escape(criterion['text'])}</failure>"
+                text = str(criterion["text"])
+                body = f"<failure message={quoteattr(text)}>{escape(text)}</failure>"
             cases.append(f'    <testcase classname={quoteattr("release-gate." + arm)} name={name} time="0">'
                          f"{body}</testcase>")
     header = (f'<testsuite name="release-gate" tests="{len(cases)}" failures="{failures}" errors="0" '
@@ -95,7 +133,7 @@ def model_card(document: dict[str, Any]) -> str:
     verdict = document["variants"][arm]
     policy = (document["arms"][arm].get("policy") or {}).get("kind", arm)
     front = {
-        "library_name": "peft", "base_model": model_id(document["config"]["base_model"]),
+        "library_name": "peft", "base_model": public_model_id(document["config"]["base_model"]),
         "tags": ["release-gate", "spectral-surgery", "lora", policy],
         "model-index": [{"name": arm, "results": [
             {"task": {"type": "text-generation", "name": task},
@@ -111,9 +149,9 @@ def model_card(document: dict[str, Any]) -> str:
         f"A Spectral Surgery refinement (policy `{policy}`) of a LoRA adapter (sha256 "
         f"`{provenance['adapter_sha256']}`) for base model `{front['base_model']}`.",
         f"Adapter content sha256: `{promoted['sha256']}`.", "",
-        "## Why it was promoted", "", *[f"- {c['text']}" for c in verdict["criteria"]], "",
-        f"p = {verdict['p_value']:.3g} (the largest of its criteria's exact p-values) ≤ {verdict['boundary']:.3g}, "
-        f"its level at look {verdict['look']}{' (Holm across the variants)' if document['gate']['holm'] else ''}.", "",
+        "## Why it was promoted", "",
+        *[f"- {c['text']}" for c in verdict["criteria"]], "",
+        evidence_sentence(document, verdict), "",
         "## Provenance", "",
         f"- calibration data sha256: `{provenance.get('calibration_sha256')}`",
         f"- base model config sha256: `{provenance.get('base_config_sha256')}`",
@@ -124,35 +162,46 @@ def model_card(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_id(base_model: str) -> str:
-    """A Hub-style model id for the card: the id itself, a local folder's ``_name_or_path``, else its name."""
-    path = Path(base_model).expanduser()
-    if not path.exists():
-        return base_model
-    named = (read_json(path / "config.json") or {}).get("_name_or_path", "") if path.is_dir() else ""
-    if named and not named.startswith(("/", ".", "~")):
-        return named
-    return HUB_IDS.get(path.name, path.name)
+def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any], signing_key: Path | None = None) -> Path:
+    """Write ``promoted/`` atomically: a temp dir filled, signed when a key is given, fsynced, then one rename.
 
-
-def promote(run_dir: Path, variant_dir: Path, document: dict[str, Any]) -> Path:
-    """Write ``promoted/`` atomically: a temp dir filled and fsynced, then one rename."""
+    It holds the adapter, its edit record, the model card and the decision, and the signature covers all of
+    them, so no file of a signed release can change without the serving side noticing.
+    """
     target = Path(run_dir) / PROMOTED_DIR
+    _refuse_inputs(target, document)
     with atomic_directory(target) as tmp:
         for name in PROMOTED_FILES:
             if (Path(variant_dir) / name).is_file():
                 shutil.copy2(Path(variant_dir) / name, tmp / name)
         (tmp / MODEL_CARD_FILE).write_text(model_card(document), encoding="utf-8")
+        write_json_atomic(tmp / DECISION_FILE, document)
+        if signing_key is not None:  # model-signing takes ~1 s to import: only when signing
+            from ..integrations.signing import sign_directory
+
+            sign_directory(tmp, signing_key)
     return target
 
 
-def withdraw(run_dir: Path) -> None:
-    """Remove a ``promoted/`` left by an earlier decision (it vanishes at once)."""
-    remove_directory(Path(run_dir) / PROMOTED_DIR)
+def withdraw(run_dir: Path, document: dict[str, Any]) -> None:
+    """Remove a ``promoted/`` left by an earlier decision (it vanishes at once), never an input of the run."""
+    target = Path(run_dir) / PROMOTED_DIR
+    _refuse_inputs(target, document)
+    remove_directory(target)
 
 
-def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[str, Path]) -> None:
-    """All CI outputs of a finished run.
+def _refuse_inputs(target: Path, document: dict[str, Any]) -> None:
+    """BadInput when ``target`` is, holds, or lies inside a file or folder the run's config names as input."""
+    config = document.get("config") or {}
+    for source in filter(None, (config.get("adapter"), (config.get("calibration") or {}).get("file"))):
+        src, out = Path(source).resolve(), Path(target).resolve()
+        if src == out or out in src.parents or src in out.parents:
+            raise BadInput(f"{target}: the run's input {source} is there; release-gate never replaces or removes it")
+
+
+def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[str, Path],
+                  signing_key: Path | None = None) -> None:
+    """All CI outputs of a finished run; ``promoted/`` signed with ``signing_key`` when one is given.
 
     Order matters to anyone watching the directory (e.g. the vLLM resolver):
     on PROMOTE the adapter lands before the decision that vouches for it; on
@@ -160,9 +209,9 @@ def write_outputs(run_dir: Path, document: dict[str, Any], variant_dirs: dict[st
     """
     run_dir = Path(run_dir)
     if document["outcome"] == Outcome.PROMOTE:
-        promote(run_dir, variant_dirs[document["promoted"]["arm"]], document)
+        promote(run_dir, variant_dirs[document["promoted"]["arm"]], document, signing_key)
     write_json_atomic(run_dir / DECISION_FILE, document)
     if document["outcome"] != Outcome.PROMOTE:
-        withdraw(run_dir)
+        withdraw(run_dir, document)
     write_text_atomic(run_dir / SUMMARY_FILE, summary_markdown(document))
     write_text_atomic(run_dir / JUNIT_FILE, junit_xml(document))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator
 
 from ..validation import Flag, Number, Section, check
@@ -20,6 +21,8 @@ class TaskRule:
 
     ``metric`` is lm-eval's ``metric,filter`` key; values are on the metric's
     own scale (0–1 for accuracies), and ``max_drop`` is on that scale too.
+    ``range`` is that scale's declared ``(lo, hi)``: every per-item score lies in it, which is what
+    makes the betting tests valid for any distribution of the scores (SPEC §7).
     """
 
     name: str
@@ -28,11 +31,28 @@ class TaskRule:
     weight: float = 1.0
     max_drop: float | None = None
     higher_is_better: bool = True
+    range: tuple[float, float] = (0.0, 1.0)
 
     @property
     def sign(self) -> float:
         """Orientation that makes larger always better."""
         return 1.0 if self.higher_is_better else -1.0
+
+    @property
+    def width(self) -> float:
+        """``hi − lo``: two arms' per-item difference lies in ``[−width, width]``."""
+        return float(self.range[1] - self.range[0])
+
+    def check(self, arm: str, values: np.ndarray) -> None:
+        """``ValueError`` naming the task, the arm and the first item whose score is outside ``range``."""
+        lo, hi = self.range
+        values = np.asarray(values, dtype=np.float64)
+        outside = np.flatnonzero(~((values >= lo) & (values <= hi)))
+        if outside.size:
+            i = int(outside[0])
+            raise ValueError(f"task {self.name}: arm {arm} scores {float(values[i])!r} on item {i}, outside the metric's "
+                             f"declared range [{lo:g}, {hi:g}] ({outside.size} such items); declare the metric's "
+                             "range on the task (range: [lo, hi])")
 
 
 #: Default looks of the sequential gate: fractions of each task's limit.
@@ -51,6 +71,8 @@ class GateRule(Section):
 
     ``sequential`` evaluates in ``looks`` (fractions of each task's limit) with O'Brien–Fleming alpha
     spending; an arm whose conditional power falls below ``futility`` stops early (non-binding).
+    ``rerun_reserve`` is the share of α the first run of a gate leaves for later runs that raise the limits
+    (:mod:`.boundaries`; 0: a re-run cannot promote on the exact tests).
     ``mode: point`` (the paper's comparison of point estimates) always evaluates everything at once.
     """
 
@@ -63,6 +85,8 @@ class GateRule(Section):
     looks: Annotated[tuple[Number, ...], AfterValidator(_looks)] = DEFAULT_LOOKS
     futility: Annotated[Number, check(lambda v: 0.0 <= v < 0.5, "the conditional power below which an arm "
                                                                 "stops must be in [0, 0.5)")] = 0.05
+    rerun_reserve: Annotated[Number, check(lambda v: 0.0 <= v < 1.0, "the share of α kept for re-runs that raise "
+                                                                      "the limits must be in [0, 1)")] = 0.2
 
     @property
     def fractions(self) -> tuple[float, ...]:

@@ -1,34 +1,59 @@
 """Simulated gates: the decision rule's size, power and evaluation cost, in the regimes that occur.
 
-Each simulated gate draws 0/1 scores for a baseline on every task, then every other arm as the baseline
-with answers flipped independently per item: an arm with discordance π and true effect Δ on a task gains
-items the baseline gets wrong at rate ``(π + Δ)/2/(1 − p)`` and loses items it gets right at rate
+Each simulated gate draws per-item scores for a baseline on every task, then every other arm from the
+baseline's. A 0/1 task flips answers independently per item: an arm with discordance π and true effect Δ
+gains items the baseline gets wrong at rate ``(π + Δ)/2/(1 − p)`` and loses items it gets right at rate
 ``(π − Δ)/2/p`` (p: the baseline's accuracy). That is the paired structure surgery produces — most
-answers unchanged, a few flipped — and lets a scenario put a guard exactly at its budget edge, make
-the controls worse than the baseline so one criterion binds alone, or collapse a guard.
+answers unchanged, a few flipped — and lets a scenario put a guard exactly at its budget edge, make the
+controls worse than the baseline so one criterion binds alone, or collapse a guard. Other metrics
+(``Scenario.kinds``) change a share π of the items to a fresh draw whose mean is the baseline's + Δ/π,
+so the true mean difference is exactly Δ while the per-item differences are skewed:
+
+* ``fraction``: per-prompt instruction following (IFEval-like): 1–4 instructions per prompt, each followed
+  with the baseline's rate p, the score is the share followed ({0, ¼, ⅓, ½, …, 1});
+* ``skewed``: a continuous score in [0, 1] with a point mass (``POINT_MASS`` of the items score 0, the
+  rest Beta with concentration 2); a changed item rarely breaks to 0 and otherwise gains a little.
 
 The gate itself is :func:`~.decide.run_gate`, unchanged: its fetch callback hands out prefixes of the
-drawn scores and counts the arm × item evaluations, so the same run gives outcomes and cost. Used by
-the tests (false-PROMOTE ≤ α in every null scenario, power) and ``benchmarks/bench_sequential.py``.
+drawn scores and counts the arm × item evaluations, so the same run gives outcomes and cost. A scenario
+may re-run an INCONCLUSIVE gate as the product advises (limits raised to the advised items, capped by
+what each task has, the same items continued), put a NaN into one score (the gate must refuse it), or
+score the base model too (a dead guard: base and baseline without variance). Used by the tests
+(false-PROMOTE ≤ α in every null scenario, power), ``benchmarks/bench_sequential.py`` and
+``benchmarks/bench_gate_size.py`` (every regime, 2,000 gates each).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from ..schema import BASELINE, Outcome
-from .decide import Decision, Design, run_gate
+from ..errors import ReleaseGateError
+from ..schema import BASE, BASELINE, Outcome
+from .decide import Decision, Design, items_needed, run_gate
 from .rules import GateRule, TaskRule
 from .stats import wilson
+
+#: Metric kinds a scenario's task can have (see the module docstring).
+KINDS = ("binary", "fraction", "skewed")
+#: Share of items a ``skewed`` task scores exactly 0 on, and the concentration of its Beta for the rest.
+POINT_MASS = 0.3
+SPREAD_CONCENTRATION = 2.0
+#: Least chance that a changed item of a ``skewed`` task breaks (drops to 0).
+BREAK = 0.1
+#: Instructions per prompt of a ``fraction`` task (uniform).
+INSTRUCTIONS = (1, 2, 3, 4)
+#: The outcome a gate that refused its input (a NaN score) is tallied under.
+REFUSED = "refused"
 
 
 @dataclass(frozen=True)
 class Effect:
-    """One arm on one task relative to the baseline: share of items flipped, and the mean change."""
+    """One arm on one task relative to the baseline: share of items changed, and the mean change."""
 
     discordance: float = 0.0
     delta: float = 0.0
@@ -36,7 +61,7 @@ class Effect:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Tasks (name → items), the baseline's accuracy, and every arm's effect per task."""
+    """Tasks (name → items), the baseline's accuracy, every arm's effect per task, and how the gate is run."""
 
     name: str
     targets: Mapping[str, int]
@@ -50,41 +75,133 @@ class Scenario:
     null: bool = True
     #: The variant a correct PROMOTE names (power scenarios).
     fit: str | None = None
+    #: Per task: the metric kind (``KINDS``, default 0/1) and the baseline's mean where not ``accuracy``.
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    accuracies: Mapping[str, float] = field(default_factory=dict)
+    #: Gate settings this scenario needs on top of the rule it is run under (``min_gain``, ``control_reference``).
+    gate: Mapping[str, Any] = field(default_factory=dict)
+    #: Advised re-runs after an INCONCLUSIVE, and the items each task has for them (default: 4 × its limit).
+    reruns: int = 0
+    available: Mapping[str, int] = field(default_factory=dict)
+    #: The base model's effects per task (scored, so a dead guard can be seen); ``None``: base not scored.
+    base: Mapping[str, Effect] | None = None
+    #: Put a NaN into the first variant's first target score (the gate must refuse, never PROMOTE).
+    nan: bool = False
 
     def rules(self) -> tuple[tuple[TaskRule, ...], tuple[TaskRule, ...]]:
         targets = tuple(TaskRule(t, "acc,none", "target", self.weights.get(t, 1.0)) for t in self.targets)
         guards = tuple(TaskRule(g, "acc,none", "guard", max_drop=self.budgets[g]) for g in self.guards)
         return targets, guards
 
+    @property
+    def limits(self) -> dict[str, int]:
+        return {**self.targets, **self.guards}
 
-def draw(scenario: Scenario, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
-    """One set of per-item 0/1 scores for every arm of ``scenario``."""
-    tasks = {**scenario.targets, **scenario.guards}
-    baseline = {t: (rng.random(n) < scenario.accuracy).astype(float) for t, n in tasks.items()}
-    scores = {BASELINE: baseline}
-    p = scenario.accuracy
-    for arm, effects in {**scenario.variants, **scenario.controls}.items():
-        scores[arm] = {}
-        for task, n in tasks.items():
+    def items_available(self) -> dict[str, int]:
+        return {t: self.available.get(t, 4 * n if self.reruns else n) for t, n in self.limits.items()}
+
+    def rule(self, rule: GateRule) -> GateRule:
+        """``rule`` with this scenario's own gate settings."""
+        return GateRule(**{**rule.model_dump(), **self.gate}) if self.gate else rule
+
+
+def _binary(rng: np.random.Generator, baseline: np.ndarray, p: float, e: Effect) -> np.ndarray:
+    gain = np.clip((e.discordance + e.delta) / 2 / (1 - p), 0.0, 1.0) if p < 1 else 0.0
+    loss = np.clip((e.discordance - e.delta) / 2 / p, 0.0, 1.0) if p > 0 else 0.0
+    flip = rng.random(baseline.size) < np.where(baseline > 0, loss, gain)
+    return np.where(flip, 1.0 - baseline, baseline)
+
+
+def _beta(rng: np.random.Generator, mean: float, concentration: float, n: int) -> np.ndarray:
+    mean = float(np.clip(mean, 1e-6, 1 - 1e-6))
+    return rng.beta(mean * concentration, (1 - mean) * concentration, n)
+
+
+def _baseline(rng: np.random.Generator, kind: str, p: float, n: int, prompts: np.ndarray) -> np.ndarray:
+    if kind == "binary":
+        return (rng.random(n) < p).astype(float)
+    if kind == "fraction":
+        return rng.binomial(prompts, p) / prompts
+    spread = _beta(rng, p / (1 - POINT_MASS), SPREAD_CONCENTRATION, n)
+    return np.where(rng.random(n) < POINT_MASS, 0.0, spread)
+
+
+def _changed(rng: np.random.Generator, kind: str, baseline: np.ndarray, p: float, e: Effect,
+             prompts: np.ndarray) -> np.ndarray:
+    """An arm's scores on a non-0/1 task: a share π of the items changed, to mean ``p + Δ/π``.
+
+    ``fraction``: the prompt is redrawn with that instruction rate. ``skewed``: the item breaks (drops to
+    0) with probability ``j ≥ BREAK``, else moves a share ``1 − s`` of the way to 1, ``j`` and ``s`` solving
+    the mean: frequent small gains and rare large losses, the skew a sign-flip test mistakes for an effect.
+    """
+    if e.discordance <= 0.0:
+        return baseline.copy()
+    mean = p + e.delta / e.discordance
+    if kind == "fraction":
+        changed = rng.binomial(prompts, float(np.clip(mean, 0.0, 1.0))) / prompts
+    else:
+        breaks = max(BREAK, 1.0 - mean / p)
+        keep = (1.0 - mean / (1.0 - breaks)) / (1.0 - p)
+        if not (-1e-9 <= keep <= 1.0 + 1e-9 and breaks < 1.0):
+            raise ValueError(f"a skewed task at mean {p} cannot change by {e.delta} on {e.discordance} of its items")
+        keep = min(max(keep, 0.0), 1.0)
+        changed = np.where(rng.random(baseline.size) < breaks, 0.0, 1.0 - keep * (1.0 - baseline))
+    return np.where(rng.random(baseline.size) < e.discordance, changed, baseline)
+
+
+def draw(scenario: Scenario, rng: np.random.Generator, n_items: Mapping[str, int] | None = None
+         ) -> dict[str, dict[str, np.ndarray]]:
+    """One set of per-item scores for every arm of ``scenario`` (``n_items`` per task; default: its limits)."""
+    tasks = dict(n_items or scenario.limits)
+    arms = {**scenario.variants, **scenario.controls, **({BASE: scenario.base} if scenario.base is not None else {})}
+    scores: dict[str, dict[str, np.ndarray]] = {BASELINE: {}, **{arm: {} for arm in arms}}
+    for task, n in tasks.items():
+        kind, p = scenario.kinds.get(task, "binary"), scenario.accuracies.get(task, scenario.accuracy)
+        prompts = rng.choice(INSTRUCTIONS, n)
+        baseline = _baseline(rng, kind, p, n, prompts)
+        scores[BASELINE][task] = baseline
+        for arm, effects in arms.items():
             e = effects.get(task, Effect())
-            gain = np.clip((e.discordance + e.delta) / 2 / (1 - p), 0.0, 1.0)
-            loss = np.clip((e.discordance - e.delta) / 2 / p, 0.0, 1.0)
-            flip = rng.random(n) < np.where(baseline[task] > 0, loss, gain)
-            scores[arm][task] = np.where(flip, 1.0 - baseline[task], baseline[task])
+            scores[arm][task] = (_binary(rng, baseline, p, e) if kind == "binary"
+                                 else _changed(rng, kind, baseline, p, e, prompts))
+    if scenario.nan:
+        scores[next(iter(scenario.variants))][next(iter(scenario.targets))][0] = np.nan
     return scores
 
 
 def simulate_gate(scenario: Scenario, rule: GateRule, rng: np.random.Generator) -> Decision:
-    """One gate on freshly drawn scores; ``Decision.items`` is what it evaluated."""
-    scores = draw(scenario, rng)
+    """One gate on freshly drawn scores, re-run as advised after INCONCLUSIVE up to ``scenario.reruns`` times.
+
+    Every run continues the same items (only the new ones are drawn on a real run) and the earlier runs'
+    looks (``Design.history``): the fetch callback hands out prefixes of one draw. ``Decision.items`` is
+    what the last run evaluated (a re-run reuses the earlier runs' items).
+    """
+    available = scenario.items_available()
+    scores = draw(scenario, rng, available)
     targets, guards = scenario.rules()
+    rule = scenario.rule(rule)
 
     def fetch(request):
         return {arm: {t: scores[arm][t][:n] for t, n in sizes.items()} for arm, sizes in request.items()}
 
-    limits = {**scenario.targets, **scenario.guards}
-    design = Design(rule, targets, guards, limits, tuple(scenario.variants), tuple(scenario.controls), with_base=False)
-    return run_gate(design, fetch, record_bounds=False, summaries=False)
+    design = Design(rule, targets, guards, scenario.limits, tuple(scenario.variants), tuple(scenario.controls),
+                    with_base=scenario.base is not None, available=available)
+    decision = run_gate(design, fetch, record_bounds=False, summaries=False)
+    for _ in range(scenario.reruns):
+        if decision.outcome != Outcome.INCONCLUSIVE:
+            break
+        raised = advised_limits(decision, design, available)
+        if raised == design.limits:
+            break
+        design = replace(design, limits=raised, history=decision.history)
+        decision = run_gate(design, fetch, record_bounds=False, summaries=False)
+    return decision
+
+
+def advised_limits(decision: Decision, design: Design, available: Mapping[str, int]) -> dict[str, int]:
+    """The limits an INCONCLUSIVE's advice asks for: the items it names, capped by what each task has."""
+    needed = items_needed(decision.verdicts, design) or {}
+    return {t: min(max(n, needed.get(t, n)), available[t]) for t, n in design.limits.items()}
 
 
 @dataclass
@@ -117,21 +234,30 @@ class Tally:
     def mean_items(self) -> float:
         return float(np.mean(self.items)) if self.items else 0.0
 
+    @property
+    def mode(self) -> str:
+        return "sequential" if len(self.rule.fractions) > 1 else "fixed"
+
     def line(self) -> str:
         low, high = self.promote_interval()
-        mode = "sequential" if len(self.rule.fractions) > 1 else "fixed"
-        head = f"{self.scenario.name:<44} {mode:<10} gates {self.gates:>5}  "
+        head = f"{self.scenario.name:<44} {self.mode:<10} gates {self.gates:>5}  "
         if self.scenario.null:
             return head + f"false PROMOTE {100 * self.promote_rate:5.2f}% [95% {100 * low:4.2f}–{100 * high:4.2f}%]"
         return head + f"promoted {self.scenario.fit} {100 * self.power:5.1f}%"
 
 
 def run(scenario: Scenario, rule: GateRule, gates: int, seed: int = 0) -> Tally:
-    """``gates`` independent gates of ``scenario`` under ``rule``."""
+    """``gates`` independent gates of ``scenario`` under ``rule``; a refused input is tallied as ``REFUSED``."""
     rng = np.random.default_rng(seed)
     tally = Tally(scenario, rule)
     for _ in range(gates):
-        decision = simulate_gate(scenario, rule, rng)
+        try:
+            decision = simulate_gate(scenario, rule, rng)
+        except (ValueError, ReleaseGateError):
+            if not scenario.nan:
+                raise
+            tally.outcomes[REFUSED] += 1
+            continue
         tally.outcomes[decision.outcome] += 1
         if decision.promoted:
             tally.promoted[decision.promoted] += 1
@@ -196,7 +322,8 @@ def multiplicity_scenario() -> Scenario:
                     same_effect(CONTROLS, target=Effect(0.4, -0.3), guard=UNCHANGED_GUARD))
 
 
-def power_scenario(multiple: float = 2.0, n_target: int = 300, n_guard: int = 150) -> Scenario:
+def power_scenario(multiple: float = 2.0, n_target: int = 300, n_guard: int = 150, seeds: int = 3,
+                   reference: str = "mean") -> Scenario:
     """Dense regime: one variant gains ``multiple`` × the planned MDE on the target; the others are null."""
     from .stats import planned_mde
 
@@ -205,9 +332,11 @@ def power_scenario(multiple: float = 2.0, n_target: int = 300, n_guard: int = 15
     dense = {"target": Effect(0.3, 0.0), "guard": Effect(0.25, 0.0)}
     variants = {v: dict(dense) for v in VARIANTS}
     variants["smooth_abs"] = {"target": Effect(0.3, effect), "guard": Effect(0.25, 0.0)}
-    return Scenario(f"{multiple:g}× MDE ({100 * effect:.1f} pts), dense", {"target": n_target}, {"guard": n_guard},
-                    {"guard": budget}, variants, same_effect(CONTROLS, target=Effect(0.3, 0.0), guard=Effect(0.25, 0.0)),
-                    null=False, fit="smooth_abs")
+    suffix = "" if (seeds, reference) == (3, "mean") else f", K={seeds} {reference}"
+    return Scenario(f"{multiple:g}× MDE ({100 * effect:.1f} pts), dense{suffix}", {"target": n_target},
+                    {"guard": n_guard}, {"guard": budget}, variants,
+                    same_effect(CONTROLS[:seeds], target=Effect(0.3, 0.0), guard=Effect(0.25, 0.0)),
+                    null=False, fit="smooth_abs", gate={"control_reference": reference} if reference != "mean" else {})
 
 
 def cost_scenarios() -> list[Scenario]:
@@ -221,3 +350,120 @@ def cost_scenarios() -> list[Scenario]:
                  same_effect(CONTROLS, target=Effect(0.1, 0.0), guard=Effect(0.1, 0.0))),
         power_scenario(1.0),
     ]
+
+
+# --- the regimes where wrong PROMOTEs live (issue 19): each a null scenario -----------------------------
+
+#: A target gain every criterion but the one under test shows easily, and controls far behind.
+CLEAR_GAIN = Effect(0.2, 0.15)
+FAR_BEHIND = Effect(0.3, -0.2)
+FLAT = Effect()
+
+
+def _control_null(variant: Effect, control: Effect, seeds: int, reference: str, name: str) -> Scenario:
+    """Criterion 2 binds alone: variant and controls have the same true gain, guard unchanged."""
+    return Scenario(f"{name}, K={seeds} {reference}", {"target": 300}, {"guard": 200}, {"guard": 0.1},
+                    same_effect(VARIANTS[:1], target=variant, guard=UNCHANGED_GUARD),
+                    same_effect(CONTROLS[:seeds], target=control, guard=UNCHANGED_GUARD),
+                    gate={"control_reference": reference} if reference != "mean" else {})
+
+
+def control_regimes() -> list[Scenario]:
+    """A variant noisier (25 % of items changed) or quieter (5 %) than its controls, same +5 pts: K = 1–3, mean/each."""
+    noisy, quiet = Effect(0.25, 0.05), Effect(0.05, 0.05)
+    out = [_control_null(noisy, quiet, k, "mean", "noisier variant (25% vs 5%), both +5") for k in (1, 2, 3)]
+    out.append(_control_null(noisy, quiet, 3, "each", "noisier variant (25% vs 5%), both +5"))
+    out += [_control_null(quiet, noisy, k, ref, "quieter variant (5% vs 25%), both +5")
+            for k, ref in ((1, "mean"), (3, "mean"), (3, "each"))]
+    return out
+
+
+def _guard_edge(name: str, n: int, budget: float, effect: Effect, kind: str = "binary", accuracy: float = 0.5,
+                guards: int = 1) -> Scenario:
+    """Criterion 3 binds alone: a clear target gain, one guard's true drop exactly its budget (others unchanged)."""
+    names = [f"guard{i}" if guards > 1 else "guard" for i in range(guards)]
+    effects = {g: (effect if i == 0 else UNCHANGED_GUARD) for i, g in enumerate(names)}
+    return Scenario(name, {"target": 300}, dict.fromkeys(names, n), dict.fromkeys(names, budget),
+                    {VARIANTS[0]: {"target": CLEAR_GAIN, **effects}},
+                    same_effect(CONTROLS, target=Effect(0.05, 0.0), **dict.fromkeys(names, UNCHANGED_GUARD)),
+                    kinds={names[0]: kind}, accuracies={names[0]: accuracy})
+
+
+def _target_null(name: str, n: int, variant: Effect, control: Effect, kind: str = "binary", accuracy: float = 0.5,
+                 **extra: Any) -> Scenario:
+    """Criterion 1 binds alone: the variant's true reward is its threshold, controls far behind, guard unchanged."""
+    return Scenario(name, {"target": n}, {"guard": 200}, {"guard": 0.1},
+                    same_effect(VARIANTS[:1], target=variant, guard=UNCHANGED_GUARD),
+                    same_effect(CONTROLS, target=control, guard=UNCHANGED_GUARD),
+                    kinds={"target": kind}, accuracies={"target": accuracy}, **extra)
+
+
+def metric_regimes() -> list[Scenario]:
+    """Non-0/1 guards at their budget edge (sparse, large changes) and non-0/1 targets at zero gain."""
+    return [
+        _guard_edge("fraction guard, 1-pt budget edge, 16 prompts", 16, 0.01, Effect(0.05, -0.01), "fraction", 0.8),
+        _guard_edge("fraction guard at 5-pt budget edge, 16 prompts", 16, 0.05, Effect(0.1, -0.05), "fraction", 0.8),
+        _guard_edge("fraction guard at 5-pt budget edge, 64 prompts", 64, 0.05, Effect(0.2, -0.05), "fraction", 0.8),
+        _guard_edge("fraction guard at 5-pt budget edge, 200 prompts", 200, 0.05, Effect(0.2, -0.05), "fraction", 0.8),
+        _guard_edge("skewed [0,1] guard at 5-pt budget edge, n=64", 64, 0.05, Effect(0.2, -0.05), "skewed", 0.4),
+        _target_null("skewed [0,1] target at zero gain, n=24", 24, Effect(0.4, 0.0), Effect(0.6, -0.2), "skewed", 0.4),
+        _target_null("skewed [0,1] target at zero gain, n=64", 64, Effect(0.4, 0.0), Effect(0.6, -0.2), "skewed", 0.4),
+        _target_null("skewed [0,1] target at zero gain, n=200", 200, Effect(0.4, 0.0), Effect(0.6, -0.2), "skewed",
+                     0.4),
+        _target_null("fraction target at zero gain, n=64", 64, Effect(0.3, 0.0), Effect(0.5, -0.2), "fraction", 0.6),
+    ]
+
+
+def design_regimes() -> list[Scenario]:
+    """``min_gain`` at its edge, weighted targets, several guards, worst-case discordance, floor and ceiling,
+    limits smaller than the looks."""
+    two_targets = Scenario(
+        "two weighted targets (3:1), reward exactly 0", {"t1": 200, "t2": 200}, {"guard": 200}, {"guard": 0.1},
+        {VARIANTS[0]: {"t1": Effect(0.1, -0.02), "t2": Effect(0.2, 0.06), "guard": UNCHANGED_GUARD}},
+        same_effect(CONTROLS, t1=FAR_BEHIND, t2=FAR_BEHIND, guard=UNCHANGED_GUARD), weights={"t1": 3.0, "t2": 1.0})
+    tiny = Scenario("3 items per task, 4 looks", {"target": 3}, {"guard": 3}, {"guard": 0.1},
+                    same_effect(VARIANTS[:1], target=Effect(0.4, 0.0), guard=FLAT),
+                    same_effect(CONTROLS, target=FAR_BEHIND, guard=FLAT))
+    return [
+        _target_null("min_gain 5 pts at its edge, n=300", 300, Effect(0.15, 0.05), FAR_BEHIND, gate={"min_gain": 0.05}),
+        two_targets,
+        _guard_edge("3 guards, one at its 5-pt budget edge, n=200", 200, 0.05, Effect(0.08, -0.05), guards=3),
+        *(_guard_edge(f"guard at budget edge, {100 * pi:.0f}% discordant, n=200", 200, 0.05, Effect(pi, -0.05))
+          for pi in (0.2, 0.5, 0.75)),
+        _target_null("floor target (3% accuracy), n=300", 300, Effect(0.02, 0.0), Effect(0.03, -0.03), accuracy=0.03),
+        _target_null("ceiling target (97% accuracy), n=300", 300, Effect(0.02, 0.0), Effect(0.1, -0.05),
+                     accuracy=0.97),
+        _guard_edge("floor guard (3%) at 2-pt budget edge, n=200", 200, 0.02, Effect(0.03, -0.02), accuracy=0.03),
+        _guard_edge("ceiling guard (97%) at 5-pt budget edge, n=200", 200, 0.05, Effect(0.06, -0.05), accuracy=0.97),
+        tiny,
+    ]
+
+
+def rerun_regimes() -> list[Scenario]:
+    """Criterion 1 binds alone and INCONCLUSIVE is common: re-run once or three times as the advice says."""
+    return [_target_null(f"{runs} advised re-run{'s' if runs > 1 else ''}, {100 * pi:.0f}% discordant, n=300", 300,
+                         Effect(pi, 0.0), Effect(pi + 0.1, -0.05), reruns=runs)
+            for runs in (1, 3) for pi in (0.05, 0.2)]
+
+
+def refusal_regimes() -> list[Scenario]:
+    """Inputs that must never PROMOTE: a guard every arm scores 0 on (base too), a NaN score."""
+    dead = Scenario("dead guard (base and every arm 0 on it)", {"target": 300}, {"guard": 200}, {"guard": 0.05},
+                    same_effect(VARIANTS[:1], target=CLEAR_GAIN, guard=FLAT),
+                    same_effect(CONTROLS, target=Effect(0.05, 0.0), guard=FLAT), accuracies={"guard": 0.0},
+                    base={"target": Effect(0.05, 0.0), "guard": FLAT})
+    nan = Scenario("NaN in a variant's target score", {"target": 300}, {"guard": 200}, {"guard": 0.1},
+                   same_effect(VARIANTS[:1], target=CLEAR_GAIN, guard=UNCHANGED_GUARD),
+                   same_effect(CONTROLS, target=Effect(0.05, 0.0), guard=UNCHANGED_GUARD), nan=True)
+    return [dead, nan]
+
+
+def regimes() -> list[Scenario]:
+    """Every null regime of the size table: today's scenarios, then those of issue 19."""
+    return [*null_scenarios(), multiplicity_scenario(), *control_regimes(), *metric_regimes(), *design_regimes(),
+            *rerun_regimes(), *refusal_regimes()]
+
+
+def power_scenarios() -> list[Scenario]:
+    """0/1 targets at twice the planned MDE: K = 3 seed mean (the default), K = 1, K = 3 each."""
+    return [power_scenario(2.0), power_scenario(2.0, seeds=1), power_scenario(2.0, reference="each")]

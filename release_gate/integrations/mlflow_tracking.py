@@ -1,7 +1,8 @@
 """Record a finished gate in MLflow (``tracking.mlflow`` in the run config; ``pip install 'release-gate[mlflow]'``).
 
-One MLflow run per gate run: the resolved settings as parameters, every arm's score on every task
-(and each variant's Δ vs the unedited adapter, its p-value and reward) as metrics, the outcome as a
+One MLflow run per gate run: the resolved settings as parameters (each task's effective limit and
+chat-template setting among them), every arm's score on every task, each variant's Δ vs the unedited
+adapter with its bounds, and every criterion's estimate, bound and p-value as metrics, the outcome as a
 tag, and ``decision.json``/``summary.md``/``junit.xml``/``report.html`` as artifacts. On PROMOTE the
 promoted adapter is logged too and, when ``registered_model`` is set, becomes a new model version
 that the alias (default ``champion``) points at: a registry alias is exactly "what the gate last
@@ -9,18 +10,23 @@ promoted", so a REJECT or INCONCLUSIVE leaves the alias where it was.
 
 Only :class:`mlflow.MlflowClient` is used (no global active run), so a caller's own MLflow state is
 untouched. :func:`connect` runs before the run directory is touched, so a wrong URI or a missing
-extra is a bad-input error, not a failure after an hour of evaluation.
+extra is a bad-input error, not a failure after an hour of evaluation. The ``mlflow`` extra is the
+client (``mlflow-skinny``): it logs to a tracking server or, with ``MLFLOW_ALLOW_FILE_STORE=true``, a
+local directory; a database URI (``sqlite:///…``) needs the full ``mlflow`` package, and says so.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..errors import BadInput
 from ..files import write_json_atomic
@@ -41,6 +47,11 @@ _KEY_UNSAFE = re.compile(r"[^\w\-./ :]")
 #: Artifacts of every run (relative to the run directory) and the artifact folder they go to.
 GATE_ARTIFACTS = (DECISION_FILE, SUMMARY_FILE, JUNIT_FILE, REPORT_FILE)
 ARTIFACT_DIR = "release-gate"
+#: URI schemes of MLflow's SQLAlchemy stores: only the full ``mlflow`` package (SQLAlchemy, Alembic) has them.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+#: Which store works with which install (the end of every store error).
+STORES = ("with release-gate[mlflow] (mlflow-skinny) use a tracking server (http://…) or a local directory with "
+          "MLFLOW_ALLOW_FILE_STORE=true; sqlite:///… and other databases need pip install mlflow")
 #: The batch limits of MLflow's ``log_batch``.
 _BATCH = {"params": 100, "metrics": 1000, "tags": 100}
 
@@ -64,11 +75,17 @@ def connect(settings: Any) -> Tracker:
     uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise BadInput("tracking.mlflow.tracking_uri: not set and $MLFLOW_TRACKING_URI is empty")
+    if urlparse(uri).scheme.split("+")[0] in DATABASE_SCHEMES and importlib.util.find_spec("sqlalchemy") is None:
+        raise BadInput(f"tracking.mlflow.tracking_uri: {uri}: a database store needs the full MLflow package "
+                       f"(pip install mlflow); {STORES}")
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
     except MlflowException as exc:
-        raise BadInput(f"tracking.mlflow.tracking_uri: {uri}: {' '.join(str(exc.message).split())}") from None
+        message = " ".join(str(exc.message).split())
+        if "MLFLOW_ALLOW_FILE_STORE" in message:
+            message = f"MLflow refuses a local directory store unless MLFLOW_ALLOW_FILE_STORE=true is set; {STORES}"
+        raise BadInput(f"tracking.mlflow.tracking_uri: {uri}: {message}") from None
     return Tracker(client, settings, uri)
 
 
@@ -127,32 +144,49 @@ def params(document: dict[str, Any]) -> dict[str, str]:
             "controls.seeds": ",".join(str(s) for s in config["controls"]["seeds"])}
     for name, value in document["gate"].items():
         flat[f"gate.{name}"] = value
-    for name in ("dtype", "limit", "sample_seed", "chat_template"):
+    for name in ("dtype", "sample_seed"):
         flat[f"evaluation.{name}"] = config["evaluation"][name]
+    chat = task_chat_templates(config)
     for task, spec in document["tasks"].items():
         flat[f"task.{task}.role"] = spec["role"]
         flat[f"task.{task}.metric"] = spec["metric"]
+        flat[f"task.{task}.limit"] = spec.get("limit")
+        flat[f"task.{task}.chat_template"] = chat.get(task)
         if spec.get("max_drop") is not None:
             flat[f"task.{task}.max_drop"] = spec["max_drop"]
     return {key(name): str(value)[:6000] for name, value in flat.items()}
 
 
+def task_chat_templates(config: dict[str, Any]) -> dict[str, bool]:
+    """Each task's effective chat-template setting: its own, else ``evaluation.chat_template``."""
+    default = bool(config["evaluation"]["chat_template"])
+    return {entry["task"]: default if entry.get("chat_template") is None else bool(entry["chat_template"])
+            for entry in (*config["targets"], *config["guards"])}
+
+
 def metrics(document: dict[str, Any]) -> dict[str, float]:
-    """Every arm's score per task, each variant's Δ vs baseline, p-value and reward, and ``promoted`` (0/1)."""
-    values: dict[str, float] = {"promoted": float(document["outcome"] == Outcome.PROMOTE)}
+    """The evidence as numbers: every arm's score per task with its confidence interval, each variant's Δ vs
+    the baseline with its bounds and p-value, every criterion's estimate, bound, threshold and p-value, each
+    variant's p-value, reward and pass, and ``promoted`` (0/1). Unbounded values (±∞ bounds) are left out."""
+    values: dict[str, float | None] = {"promoted": float(document["outcome"] == Outcome.PROMOTE)}
     for arm, record in document["arms"].items():
         for task, score in record["scores"].items():
-            values[f"score.{arm}.{task}"] = score["mean"]
-            values[f"n.{arm}.{task}"] = score["n"]
-    for comparison in document["comparisons"]:
-        if comparison["reference"] == "baseline":
-            values[f"delta.{comparison['arm']}.{comparison['task']}"] = comparison["delta"]
+            for field, name in (("mean", "score"), ("n", "n"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+                values[f"{name}.{arm}.{task}"] = score.get(field)
+    for c in document["comparisons"]:
+        if c["reference"] == "baseline":
+            for field, name in (("delta", "delta"), ("lcb", "delta_lcb"), ("ucb", "delta_ucb"),
+                                ("p_value", "delta_p_value")):
+                values[f"{name}.{c['arm']}.{c['task']}"] = c.get(field)
     for arm, verdict in document["variants"].items():
         values[f"p_value.{arm}"] = verdict["p_value"]
-        if verdict.get("reward") is not None:
-            values[f"reward.{arm}"] = verdict["reward"]
+        values[f"reward.{arm}"] = verdict.get("reward")
         values[f"passed.{arm}"] = float(bool(verdict["passed"]))
-    return {key(name): float(value) for name, value in values.items() if value is not None}
+        for criterion in verdict["criteria"]:
+            for field in ("estimate", "lcb", "threshold", "p_value"):
+                values[f"criterion.{arm}.{criterion['id']}.{field}"] = criterion.get(field)
+    return {key(name): float(value) for name, value in values.items()
+            if value is not None and math.isfinite(float(value))}
 
 
 def _register(client: Any, settings: Any, run: Any, document: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Release directories: which adapters the gate approved, checked against the files as they are now.
+"""Release directories: which adapters the gate approved and signed, checked against the files as they are now.
 
 Shared by the two serving paths: the vLLM resolver plugin (:mod:`.vllm_resolver`, consulted at request
 time) and ``release-gate serve-args`` (:mod:`.serve_args`, a static ``--lora-modules`` list for a
@@ -6,11 +6,14 @@ server started without vLLM's runtime-updating flag). One release entry is a gat
 as-is, or a flat folder::
 
     RELEASE_DIR/<name>/decision.json
-    RELEASE_DIR/<name>/promoted/adapter_config.json, adapter_model.safetensors
-      (or both files directly beside decision.json)
+    RELEASE_DIR/<name>/promoted/adapter_config.json, adapter_model.safetensors, decision.json, release.sig, …
+      (or all of them directly in RELEASE_DIR/<name>/)
 
-An entry is approved only when ``decision.json`` is a current-schema PROMOTE whose ``promoted.sha256``
-equals the hash of the adapter files computed now, for the base model the server runs.
+An entry is approved only when the folder holding the adapter carries a signature (:mod:`.signing`) that
+the configured public key verifies over every file in it, the decision inside it is a current-schema
+PROMOTE whose ``promoted.sha256`` equals the hash of the adapter files, any ``decision.json`` beside
+``promoted/`` agrees with it, and the adapter is for the base model the server runs. Unsigned releases
+pass only with an explicit opt-out (:class:`Trust`), named in every reason given for them.
 """
 
 from __future__ import annotations
@@ -18,16 +21,40 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import directory_sha256, is_path_segment
+from ..assets import public_model_id
+from ..errors import BadInput
+from ..files import atomic_directory, directory_sha256, is_path_segment
 from ..schema import DECISION_FILE, PROMOTED_DIR, SCHEMA_VERSION, Outcome
 from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
+from .signing import check_public_key, is_signed, verification_failure
 
 #: The files the adapter content hash covers, as the gate computes it for ``promoted.sha256``.
 ADAPTER_FILES = (CONFIG_FILE, SAFETENSORS_FILE)
 default_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Who vouches for a release: the holder of ``public_key``'s private half, or nobody by explicit choice.
+
+    ``allow_unsigned`` is how the user opted out (``--allow-unsigned``, an environment variable); it is
+    written into every reason given for a release served without a verified signature. A bad signature
+    is refused whenever a public key is configured; the opt-out covers only the absence of one.
+    """
+
+    public_key: Path | None = None
+    allow_unsigned: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.public_key is None and self.allow_unsigned is None:
+            raise BadInput("no public key to verify releases with (give the gate's public key, or opt out of "
+                           "signatures explicitly to serve unsigned releases)")
+        if self.public_key is not None:
+            check_public_key(self.public_key)
 
 
 def is_safe_name(name: str) -> bool:
@@ -35,31 +62,73 @@ def is_safe_name(name: str) -> bool:
     return is_path_segment(name)
 
 
-def check_release(entry_dir: Path, base_model: str | None = None,
+def check_release(entry_dir: Path, base_model: str | None, trust: Trust,
                   logger: logging.Logger = default_logger) -> tuple[Path | None, str]:
-    """The adapter folder of a release entry if the gate approved exactly these files, and why.
+    """The adapter folder of a release entry if the gate approved and signed exactly these files, and why.
 
-    Returns ``(adapter_dir, "PROMOTE (sha256 …)")`` when ``decision.json`` is a current-schema PROMOTE
-    whose ``promoted.sha256`` equals the hash of the adapter files computed now and the adapter
-    is for ``base_model`` (when both are known); otherwise ``(None, reason)``.
+    Returns ``(adapter_dir, "PROMOTE (sha256 …), signature verified")`` when every check of the module
+    docstring passes (or the unsigned variant naming the opt-out); otherwise ``(None, reason)``.
     """
+    entry_dir = Path(entry_dir)
+    if not entry_dir.is_dir():
+        return None, f"no release entry {entry_dir}"
     try:
-        decision, reason = _read_decision(Path(entry_dir))
+        return _check(entry_dir, base_model, trust, logger)
     except OSError as exc:
         return None, f"unreadable release entry: {exc}"
-    if decision is None:
-        return None, reason
-    adapter_dir = _adapter_dir(Path(entry_dir))
+
+
+def _check(entry_dir: Path, base_model: str | None, trust: Trust,
+           logger: logging.Logger) -> tuple[Path | None, str]:
+    """:func:`check_release` on an existing entry, in the order that names the first thing wrong."""
+    adapter_dir = _adapter_dir(entry_dir)
+    outer = None
+    if adapter_dir != entry_dir and ((entry_dir / DECISION_FILE).exists() or adapter_dir is None):
+        outer, reason = _read_decision(entry_dir)  # a later REJECT beside a stale promoted/ refuses it too
+        if outer is None:
+            return None, reason
     if adapter_dir is None:
         return None, f"no adapter files ({', '.join(ADAPTER_FILES)}) in {PROMOTED_DIR}/ or beside {DECISION_FILE}"
+    failure, signed = _signature(adapter_dir, trust)
+    if failure is not None:
+        return None, failure
+    inner = None
+    if (adapter_dir / DECISION_FILE).exists() or signed:
+        inner, reason = _read_decision(adapter_dir)
+        if inner is None:
+            return None, reason if adapter_dir == entry_dir else f"{PROMOTED_DIR}/{reason}"
+    decision = inner or outer
+    if decision is None:
+        return None, f"no {DECISION_FILE}"
     expected = decision["promoted"]["sha256"]
+    if outer is not None and outer["promoted"]["sha256"] != expected:
+        return None, (f"{DECISION_FILE} beside {PROMOTED_DIR}/ names sha256 {outer['promoted']['sha256']}, "
+                      f"the one inside names {expected}")
     actual = directory_sha256(adapter_dir, ADAPTER_FILES)
     if actual != expected:
         return None, f"sha256 mismatch: decision says {expected}, files hash to {actual}"
     mismatch = _base_model_mismatch(adapter_dir, base_model, logger)
     if mismatch is not None:
         return None, mismatch
-    return adapter_dir, f"PROMOTE (sha256 {actual})"
+    return adapter_dir, f"PROMOTE (sha256 {actual}), {signed or _unsigned(trust)}"
+
+
+def _signature(adapter_dir: Path, trust: Trust) -> tuple[str | None, str | None]:
+    """``(why refused, None)``, ``(None, "signature verified")``, or ``(None, None)`` for an allowed unsigned one."""
+    if trust.public_key is None:
+        return None, None
+    if not is_signed(adapter_dir) and trust.allow_unsigned is not None:
+        return None, None
+    failure = verification_failure(adapter_dir, trust.public_key)
+    if failure is not None and not is_signed(adapter_dir):
+        failure += " (the gate signs only with release.signing_key; serving it anyway needs an explicit opt-out)"
+    return failure, "signature verified" if failure is None else None
+
+
+def _unsigned(trust: Trust) -> str:
+    """The reason's tail for a release served without a verified signature: the opt-out, by name."""
+    what = "UNSIGNED" if trust.public_key is not None else "UNVERIFIED (no public key)"
+    return f"{what}: served only because of {trust.allow_unsigned}"
 
 
 def _read_decision(entry_dir: Path) -> tuple[dict[str, Any] | None, str]:
@@ -110,19 +179,27 @@ def _base_model_mismatch(adapter_dir: Path, base_model: str | None, logger: logg
 
 
 def _same_model(named: str, served: str) -> bool:
-    """The same model id, or two spellings of the same local folder."""
-    if named == served:
+    """The same model id, the public id of the served folder (variants name their base by it), or two
+    spellings of the same local folder."""
+    if named in (served, public_model_id(served)):
         return True
     first, second = Path(named).expanduser(), Path(served).expanduser()
     return first.exists() and second.exists() and first.resolve() == second.resolve()
 
 
-
-
 def stage(entry_dir: Path, adapter_dir: Path, target: Path) -> Path:
-    """A flat copy of the decision and the hashed adapter files (nothing else) in ``target``."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(entry_dir / DECISION_FILE, target / DECISION_FILE)
-    for name in ADAPTER_FILES:
-        shutil.copyfile(adapter_dir / name, target / name)
+    """A flat copy of what was checked as ``target``: a signed folder whole, else the decision and adapter files.
+
+    ``target`` is replaced as a whole (nothing of an earlier copy stays); the copy is checked again by the
+    caller, so what a server reads is what was verified.
+    """
+    with atomic_directory(target) as tmp:
+        if is_signed(adapter_dir):
+            names = [p.name for p in sorted(adapter_dir.iterdir()) if p.is_file()]
+        else:
+            decision = adapter_dir if (adapter_dir / DECISION_FILE).is_file() else entry_dir
+            shutil.copyfile(decision / DECISION_FILE, tmp / DECISION_FILE)
+            names = list(ADAPTER_FILES)
+        for name in names:
+            shutil.copyfile(adapter_dir / name, tmp / name)
     return target

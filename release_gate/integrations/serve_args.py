@@ -2,9 +2,10 @@
 
 vLLM consults LoRA resolvers only with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``, a development-only flag
 that also opens ``/v1/load_lora_adapter`` (which bypasses every resolver) and that vLLM refuses with
-more than one API server. Instead, every entry of a release directory is verified now (schema, PROMOTE,
-the sha256 of the files, the base model) and the approved ones become vLLM's ``--lora-modules``: the
-server serves exactly those, and its load endpoint does not exist.
+more than one API server. Instead, every entry of a release directory is verified now (the gate's
+signature over every file, schema, PROMOTE, the sha256 of the files, the base model), copied to a
+staging directory and verified again there, and the copies become vLLM's ``--lora-modules``: the
+server serves exactly those bytes, and its load endpoint does not exist.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..files import SEGMENT_RULE, is_path_segment
-from .releases import check_release, stage
+from .releases import Trust, check_release, stage
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,8 @@ class Verdict:
     reason: str
 
 
-def verify(release_dir: Path, base_model: str | None, staging: Path | None = None) -> list[Verdict]:
-    """Every entry of ``release_dir``, in name order; approved ones copied into ``staging`` when given.
+def verify(release_dir: Path, base_model: str | None, trust: Trust, staging: Path | None) -> list[Verdict]:
+    """Every entry of ``release_dir``, in name order; approved ones copied into ``staging`` (None: served in place).
 
     A staged copy is verified again, so files changed after the first check never reach the server.
     """
@@ -42,15 +43,15 @@ def verify(release_dir: Path, base_model: str | None, staging: Path | None = Non
         if not is_path_segment(entry.name):
             verdicts.append(Verdict(entry.name, None, f"unsafe name ({SEGMENT_RULE})"))
             continue
-        adapter_dir, reason = check_release(entry, base_model)
+        adapter_dir, reason = check_release(entry, base_model, trust)
         if adapter_dir is not None and staging is not None:
-            adapter_dir, reason = check_release(stage(entry, adapter_dir, staging / entry.name), base_model)
+            adapter_dir, reason = check_release(stage(entry, adapter_dir, staging / entry.name), base_model, trust)
         verdicts.append(Verdict(entry.name, adapter_dir, reason))
     return verdicts
 
 
 def lora_modules(verdicts: list[Verdict], base_model: str | None) -> list[str]:
-    """vLLM's ``--lora-modules`` values (compact JSON, one per approved release)."""
+    """vLLM's ``--lora-modules`` values (compact JSON, one per approved release; vLLM takes no other keys)."""
     modules = []
     for verdict in verdicts:
         if verdict.path is None:

@@ -102,6 +102,7 @@ def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
         "look_plots": [plots.bounds_by_look(document, arm) for arm in plots.ranked_variants(document)
                        if plots.look_series(document, arm)] if len(document["design"]["looks"]) > 1 else [],
         "adapter_vs_base": [c for c in document["comparisons"] if c["arm"] == BASELINE and c["reference"] == BASE],
+        "history_note": history_note(document),
         "tests_used": tests_used(document),
         "calibration": index_ranges(document["provenance"].get("calibration_indices") or []),
         "timings": timing_rows(document["provenance"].get("timings") or {}),
@@ -122,6 +123,21 @@ def spectrum_plot(document: Mapping[str, Any], sidecars: Mapping[str, Any], feat
 
 
 # --- first screen ---------------------------------------------------------------------------------------
+
+
+def history_note(document: Mapping[str, Any]) -> str | None:
+    """``look 7 of a gate begun on 2026-12-03 …`` when earlier runs of this gate made looks (the look ledger)."""
+    history = document.get("history") or []
+    if not history:
+        return None
+    runs = list(dict.fromkeys((h["run"], h["date"]) for h in history))
+    if len(runs) < 2:
+        return None
+    mine = sum(1 for h in history if (h["run"], h["date"]) == runs[-1])
+    begun = runs[0][1] or "an earlier run"
+    return (f"look {len(history)} of a gate begun on {begun[:10]}: {len(runs) - 1} earlier "
+            f"run{'s' if len(runs) > 2 else ''} made looks 1–{len(history) - mine} on the same items, and this run "
+            "continues their error spending (the α kept for re-runs)")
 
 
 def criterion_name(criterion_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..constants import DEFAULT_TARGETS, VLLM_MAX_LORA_RANK
 from ..errors import BadInput
-from ..files import atomic_directory, directory_sha256
+from ..files import atomic_directory, check_input_file, directory_sha256
 
 #: PEFT's own file names.
 CONFIG_FILE = CONFIG_NAME
@@ -133,10 +134,14 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         raise BadInput(f"{path}: adapter directory not found")
     if not path.is_dir():
         raise BadInput(f"{path}: adapter must be a PEFT directory, not a file")
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise BadInput(f"{path}: adapter directory cannot be read ({exc.strerror or exc})") from None
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
+    if not config_path.exists() and not config_path.is_symlink():
         raise BadInput(f"{path}: no {CONFIG_FILE} (not a PEFT adapter directory)")
-    config_bytes = config_path.read_bytes()
+    config_bytes = check_input_file(config_path, "adapter config").read_bytes()
     config = _read_config(config_path, config_bytes)
     weights_file, tensors = _read_weights(path)
     modules = _collect_modules(path, weights_file, config, tensors)
@@ -171,6 +176,9 @@ def _read_config(config_path: Path, raw: bytes) -> dict[str, Any]:
 def _read_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     safetensors_path = path / SAFETENSORS_FILE
     bin_path = path / BIN_FILE
+    present = next((w for w in (safetensors_path, bin_path) if w.exists() or w.is_symlink()), None)
+    if present is not None:  # the file that will be loaded: a permission or link problem named as such
+        check_input_file(present, "adapter weights")
     if safetensors_path.is_file():
         try:
             return safetensors_path, load_file(str(safetensors_path))
@@ -266,12 +274,15 @@ def check_module_shapes(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, in
 
 
 def check_output_dir(out_dir: Path, protected: Iterable[Path], overwrite: bool) -> None:
-    """Refuse an output that is, or is inside, an input; refuse to clobber by default."""
+    """Refuse an output that is, is inside, or holds an input (it could be overwritten); refuse to clobber by default."""
     out = Path(out_dir).resolve()
     for source in protected:
         src = Path(source).resolve()
         if out == src or src in out.parents:
             raise BadInput(f"{out_dir}: output directory is inside the input adapter {source}; choose another")
+        if out in src.parents:
+            raise BadInput(f"{source}: input is inside the output directory {out_dir}, where it could be overwritten; "
+                           "copy it elsewhere or choose another output directory")
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out_dir}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -28,7 +28,15 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..errors import BadInput
-from ..files import content_key, file_lock, file_sha256, write_bytes_atomic, write_json_atomic
+from ..files import (
+    check_input_file,
+    content_key,
+    file_lock,
+    file_sha256,
+    read_jsonl_numbered,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ..validation import Count, Flag, Integer, NonNegativeInt, Section, Text
 from .adapter import LoraAdapter, check_module_shapes
 from .spectral import Spectrum
@@ -91,18 +99,8 @@ def read_examples(cfg: CalibrationConfig) -> tuple[list[Example], list[int]]:
 
     Returns the selected examples and their row indices (for provenance).
     """
-    path = Path(cfg.file)
-    if not path.is_file():
-        raise BadInput(f"{path}: calibration file not found")
-    rows: list[tuple[int, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+    path = check_input_file(Path(cfg.file), "calibration file")
+    rows = read_jsonl_numbered(path)
     if not rows:
         raise BadInput(f"{path}: calibration file is empty")
     examples = [_parse_row(path, i, line_no, row, cfg) for i, (line_no, row) in enumerate(rows)]
@@ -193,18 +191,8 @@ def _example_text(example: Example) -> str:
 def _eval_texts(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise BadInput(f"{path}: evaluation data file not found")
-    out = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
-            if isinstance(row, dict):
-                out += [(line_no, row[k]) for k in EVAL_TEXT_FIELDS if isinstance(row.get(k), str)]
-    return out
+    return [(line_no, row[k]) for line_no, row in read_jsonl_numbered(path) if isinstance(row, dict)
+            for k in EVAL_TEXT_FIELDS if isinstance(row.get(k), str)]
 
 
 def encode(example: Example, tokenizer: Any, cfg: CalibrationConfig) -> Encoded:

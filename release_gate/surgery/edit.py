@@ -16,8 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..assets import public_model_id
 from ..constants import DEFAULT_TARGETS, EDIT_PACKAGES
-from ..errors import BadInput
+from ..errors import BadInput, CalibrationMissing
 from ..files import package_versions
 from ..schema import SIDECAR_FILE
 from ..validation import Section
@@ -98,7 +99,7 @@ def make_variant(
     if rebuild not in REBUILDS:
         raise BadInput(f"rebuild: must be one of {', '.join(REBUILDS)}, got {rebuild!r}")
     if policy.needs_calibration and sensitivities is None:
-        raise BadInput(f"policy {policy.name!r} ({policy.kind}) needs calibration data (--calibration FILE)")
+        raise CalibrationMissing(f"policy {policy.name!r} ({policy.kind}) needs calibration data")
     tensors = dict(adapter.tensors)
     edits = []
     for name, spectrum in spectra.items():
@@ -154,9 +155,24 @@ def write_variant(
     """Write the variant as a PEFT directory with its sidecar, atomically."""
     document = sidecar(variant, adapter, base_model, sensitivities)
     return write_adapter(
-        out_dir, adapter.config_bytes, variant.tensors,
+        out_dir, published_config(adapter.config_bytes, base_model), variant.tensors,
         {SIDECAR_FILE: json.dumps(document, indent=1, ensure_ascii=False)},
     )
+
+
+def published_config(config_bytes: bytes, base_model: str | None) -> bytes:
+    """The source adapter's config as a variant carries it: the same bytes, unless its
+    ``base_model_name_or_path`` is a local path, which becomes the base model's public name.
+
+    A promoted variant is pushed to hubs and served on other machines, and its sha256 covers this file,
+    so the name is fixed here, where the variant is made, not when it is published.
+    """
+    config = json.loads(config_bytes)
+    named = config.get("base_model_name_or_path")
+    if not isinstance(named, str) or not (named.startswith(("/", ".", "~")) or Path(named).exists()):
+        return config_bytes
+    config["base_model_name_or_path"] = public_model_id(base_model or named)
+    return json.dumps(config, indent=2, ensure_ascii=False).encode()
 
 
 class EditSettings(Section):
@@ -218,7 +234,7 @@ def refine(
     if any(p.needs_calibration for p in policies):
         if calibration is None:
             needy = next(p.name for p in policies if p.needs_calibration)
-            raise BadInput(f"policy {needy!r} needs calibration data: pass --calibration FILE")
+            raise CalibrationMissing(f"policy {needy!r} needs calibration data")
         sensitivities = calibrate(base_model, adapter, spectra, calibration, cache_dir, device, dtype, exclude)
     else:
         check_base_model(base_model, adapter)

@@ -179,21 +179,26 @@ def _require(signal: ModuleSignal, attr: str, policy: Policy) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-class _ThreeLevel(Policy):
-    """Shared parameters of the hard-selection policies (core / mid / noise)."""
+class _Factors(Policy):
+    """The core / mid / noise fractions and factors that the sensitivity-ranked policies share."""
 
     core_frac: Fraction = 0.2
     noise_frac: Fraction = 0.2
     amp_factor: NonNegative = 1.25
     sup_factor: NonNegative = 0.80
     mid_factor: NonNegative = 1.0
-    min_core_k: NonNegativeInt = 1
 
     @model_validator(mode="after")
-    def _amplification_above_suppression(self) -> _ThreeLevel:
+    def _amplification_above_suppression(self) -> _Factors:
         if self.amp_factor < self.sup_factor:
             raise _invalid("amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", "sup_factor")
         return self
+
+
+class _ThreeLevel(_Factors):
+    """Shared parameters of the hard-selection policies (core / mid / noise)."""
+
+    min_core_k: NonNegativeInt = 1
 
     def counts(self, r: int) -> tuple[int, int]:
         """``(k_core, k_noise)`` with Python ``round`` as in the reference code."""
@@ -268,7 +273,7 @@ def module_seed(seed: int, module: str) -> int:
 
 
 @register("smooth_abs")
-class SmoothAbs(Policy):
+class SmoothAbs(_Factors):
     """Sigmoid gate on normalized ``|g|`` between sup_factor and amp_factor.
 
     ``α = sup + (amp − sup)·sigmoid((x − μ)/τ)`` with ``μ`` a quantile of x
@@ -276,19 +281,12 @@ class SmoothAbs(Policy):
     ``μ`` so that the gate equals ``mid_factor`` at the center quantile.
     """
 
-    core_frac: Fraction = 0.2
-    noise_frac: Fraction = 0.2
-    amp_factor: NonNegative = 1.25
-    sup_factor: NonNegative = 0.80
-    mid_factor: NonNegative = 1.0
     temperature: Annotated[Number, check(lambda v: v > 0, "must be > 0")] = 0.35
     center_q: Fraction = 0.5
     align_mid: Flag = True
 
     @model_validator(mode="after")
-    def _consistent_factors(self) -> SmoothAbs:
-        if self.amp_factor < self.sup_factor:
-            raise _invalid("amp_factor", f"must be ≥ sup_factor ({self.amp_factor} < {self.sup_factor})", "sup_factor")
+    def _mid_between_factors(self) -> SmoothAbs:
         aligned = self.align_mid and self.amp_factor > self.sup_factor
         if aligned and not self.sup_factor < self.mid_factor < self.amp_factor:
             raise _invalid("mid_factor", "must lie strictly between sup_factor and amp_factor when align_mid",

@@ -2,7 +2,8 @@
 
 An answer names an option by its letter (``C``, ``(C)``, ``C.``) or by its text (case, punctuation
 and extra trailing words ignored; the longest matching option wins). Options with the same text as
-the gold one count as correct: CommonsenseQA has a few duplicated options.
+the gold one count as correct: CommonsenseQA has a few duplicated options. ``exact`` is stricter: the
+answer is the gold option's text and nothing else (case and punctuation ignored), no letter, no extra words.
 """
 
 import re
@@ -31,4 +32,4 @@ def process_results(doc, results):
     picked = chosen(doc, results[0])
     gold = _words(doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])])
     correct = picked is not None and _words(doc["choices"]["text"][picked]) == gold
-    return {"acc": float(correct), "valid": float(picked is not None)}
+    return {"acc": float(correct), "exact": float(_words(results[0]) == gold), "valid": float(picked is not None)}

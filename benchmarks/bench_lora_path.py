@@ -1,0 +1,185 @@
+"""Merged-weight LoRA arms vs vLLM's multi-LoRA kernels on the CPU: throughput, workload time, agreement.
+
+The demo's shape, measured in one run on the same items: SmolLM2-135M, a rank-8 LoRA on o_proj/down_proj
+(the baseline) and three random_index variants of it, the base model; CommonsenseQA answered in words
+(generation, chat template), CommonsenseQA multiple choice (log-likelihood) and IFEval single-instruction
+prompts (≤128 new tokens). Each path gets its own engine and an empty item store; arms are scored one at a
+time, so each arm's time is its own. Prints:
+
+1. each path's LoRA-arm decode throughput relative to the base model's on the same engine: 16 prompts ×
+   128 new tokens, base and LoRA calls alternated (base, arm 1, base, arm 2, …) so that a machine whose
+   load drifts still compares neighbours; the median of the neighbour ratios;
+2. the workload's evaluation time, multi-LoRA / merged (each arm scored alone through the product's
+   evaluation session; sensitive to other load on the machine);
+3. per-item agreement of the merged path with the multi-LoRA path: identical generations, identical
+   multiple-choice choices (and the largest log-likelihood difference).
+
+    python benchmarks/bench_lora_path.py [--csqa 64] [--ifeval 16] [--out benchmarks/results/bench_lora_path.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from release_gate.assets import fetch  # noqa: E402
+from release_gate.embedded_demo import (  # noqa: E402
+    GUARD_TASK,
+    TARGET_METRIC,
+    TARGET_TASK,
+    DemoSlices,
+    write_generative_task,
+    write_single_instruction_ifeval,
+)
+from release_gate.evaluation.engine import Arm, Engine, EngineSettings  # noqa: E402
+from release_gate.evaluation.runner import TaskRequest, resolve_task  # noqa: E402
+from release_gate.evaluation.session import EvaluationSession  # noqa: E402
+from release_gate.evaluation.store import ItemStore  # noqa: E402
+from release_gate.evaluation.tasks import prepare_environment, task_manager  # noqa: E402
+from release_gate.files import read_jsonl  # noqa: E402
+
+from factories import HELDOUT_TASK, smollm2_adapter, write_heldout_task  # noqa: E402
+
+PATHS = ("multi_lora", "merged")
+
+
+def build_arms(model_dir: Path, root: Path) -> list[Arm]:
+    """base, a rank-8 o/down baseline, and three random_index variants of it (the demo's arm shapes)."""
+    from release_gate.surgery.adapter import load_adapter
+    from release_gate.surgery.edit import decompose, make_variant, write_variant
+    from release_gate.surgery.policies import RandomIndex
+
+    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5, r=8, alpha=16, targets=("o_proj", "down_proj"))
+    adapter = load_adapter(baseline)
+    spectra = decompose(adapter.select())
+    arms = [Arm.base(), Arm.from_adapter("baseline", baseline)]
+    for seed in range(3):
+        policy = RandomIndex(name=f"variant{seed}", seed=seed, amp_factor=3.0, sup_factor=0.3)
+        out = write_variant(make_variant(adapter, spectra, policy), adapter, root / policy.name, str(model_dir), None)
+        arms.append(Arm.from_adapter(policy.name, out))
+    return arms
+
+
+def tasks(assets, root: Path, csqa: int, ifeval: int) -> list:
+    rows = read_jsonl(assets.commonsense_qa)
+    manager = task_manager([write_generative_task(rows, DemoSlices().evaluation, root / "tasks"),
+                            write_heldout_task(rows, DemoSlices().evaluation, root / "tasks"),
+                            write_single_instruction_ifeval(assets.ifeval, root / "tasks")])
+    requests = [TaskRequest(TARGET_TASK, TARGET_METRIC, limit=csqa, chat_template=True),
+                TaskRequest(HELDOUT_TASK.name, "acc", limit=csqa),
+                TaskRequest(GUARD_TASK, "prompt_level_strict_acc", limit=ifeval, chat_template=True,
+                            max_gen_toks=128)]
+    return [resolve_task(r, manager) for r in requests]
+
+
+def measure(path: str, model_dir: Path, arms: list[Arm], resolved: list, root: Path) -> tuple[dict, dict]:
+    """Seconds per arm (all tasks) and every stored item, on a fresh engine and store."""
+    settings = EngineSettings.for_arms(str(model_dir), arms, lora_path=path, max_model_len=1024)
+    seconds, items = {}, {}
+    store = ItemStore(root / f"items-{path}")
+    with EvaluationSession(arms, resolved, store, settings=settings) as session:
+        sizes = {t.request.name: t.size for t in resolved}
+        session.fetch({arms[0].name: {t.request.name: 1 for t in resolved}})  # engine start and warm-up, not timed
+        for arm in arms:
+            start = time.perf_counter()
+            session.fetch({arm.name: sizes})
+            seconds[arm.name] = time.perf_counter() - start
+    for arm in arms:
+        for task in resolved:
+            items[(arm.name, task.request.name)] = stored(store, arm, task.request.name, settings.key())
+    return seconds, items
+
+
+def throughput(path: str, model_dir: Path, arms: list[Arm], prompts: list[list[int]]) -> float:
+    """Median over LoRA arms of (arm tok/s) / (tok/s of the base call just before it), on one engine."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True, seed=0)
+    settings = EngineSettings.for_arms(str(model_dir), arms, lora_path=path, max_model_len=1024)
+
+    def rate(engine: Engine, arm: Arm) -> float:
+        start = time.perf_counter()
+        outputs = engine.generate(prompts, params, [arm] * len(prompts))
+        return sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - start)
+
+    with Engine(settings) as engine:
+        rate(engine, arms[0])  # warm-up
+        ratios = [rate(engine, arm) / rate(engine, arms[0]) for arm in arms[1:] for _ in range(2)]
+    return statistics.median(ratios)
+
+
+def stored(store: ItemStore, arm: Arm, task: str, engine_key: str) -> dict:
+    """Every item the store holds for (arm, task) under this engine, whatever the task key."""
+    owner = store.directory(arm, task, "key", engine_key).parent
+    found = {}
+    for directory in owner.glob(f"{task}-*-{engine_key}"):
+        found.update(store.load(arm, task, directory.name[len(task) + 1:-len(engine_key) - 1], engine_key))
+    return found
+
+
+def agreement(a: dict, b: dict) -> tuple[int, int, float]:
+    """Items that agree (same generation / same chosen option), items compared, largest log-likelihood gap."""
+    same = total = 0
+    gap = 0.0
+    for key, items in a.items():
+        for doc_id, item in items.items():
+            other = b[key].get(doc_id)
+            if other is None:
+                continue
+            total += 1
+            same += item.response == other.response  # the generation, or the chosen option
+            if item.choice_logprobs is not None:
+                gap = max(gap, max(abs(x - y) for x, y in zip(item.choice_logprobs, other.choice_logprobs)))
+    return same, total, gap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csqa", type=int, default=64)
+    parser.add_argument("--ifeval", type=int, default=16)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    assets = fetch()
+    prepare_environment(assets)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="bench-lora-path-") as tmp:
+        root = Path(tmp)
+        arms = build_arms(assets.model_dir, root)
+        resolved = tasks(assets, root, args.csqa, args.ifeval)
+        results = {path: measure(path, assets.model_dir, arms, resolved, root) for path in PATHS}
+        ifeval = [row["prompt"] for row in read_jsonl(assets.ifeval)][:16]
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+        prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                      return_dict=True)["input_ids"]) for p in ifeval]
+        speed = {path: throughput(path, assets.model_dir, arms, prompts) for path in PATHS}
+    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith("avx512")})
+    lines.append(f"workload: base + 4 o/down rank-8 LoRA arms; {args.csqa} CSQA-in-words (chat) + {args.csqa} CSQA "
+                 f"multiple choice + {args.ifeval} IFEval single-instruction (≤128 tokens); SmolLM2-135M fp32; "
+                 f"{os.cpu_count()} cores; flags {' '.join(flags) or 'no avx512'}")
+    for path, (seconds, _) in results.items():
+        lora = [s for arm, s in seconds.items() if arm != "base"]
+        lines.append(f"{path:>10}: LoRA-arm decode throughput / base (16 × 128 tokens, alternated) = "
+                     f"{speed[path]:.2f}; workload: base {seconds['base']:.1f} s, LoRA arms "
+                     f"{', '.join(f'{s:.1f}' for s in lora)} s, total {sum(seconds.values()):.1f} s")
+    old, new = (sum(results[p][0].values()) for p in PATHS)
+    lines.append(f"workload evaluation time, multi_lora / merged: {old:.1f} / {new:.1f} s = ×{old / new:.2f}")
+    same, total, gap = agreement(results["multi_lora"][1], results["merged"][1])
+    lines.append(f"per-item agreement merged vs multi_lora: {same}/{total} items ({100 * same / max(total, 1):.1f}%); "
+                 f"largest multiple-choice log-likelihood gap {gap:.2e}")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

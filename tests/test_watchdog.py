@@ -1,0 +1,65 @@
+"""Stopping a run cleanly, on real processes and before any engine (issue 21).
+
+Killed alone with SIGKILL, a process's children die by the watchdog's hand, but Python's resource tracker
+is spared, so it unlinks the ``/dev/shm/psm_*`` segment its dead client left (vLLM's were left). SIGTERM
+during calibration, before the engine, ends a run with 143 like it does once the engine is up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+#: A process that owns a shared-memory segment and a child, under the watchdog, then waits to be killed.
+CLIENT = """
+import subprocess, sys, time
+from multiprocessing import shared_memory
+from release_gate.evaluation.watchdog import Watchdog
+segment = shared_memory.SharedMemory(create=True, size=4096)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+watchdog = Watchdog()
+time.sleep(1)  # the watchdog records descendants every 0.2 s
+print(segment.name, child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_kill_9_kills_the_children_and_leaves_no_shared_memory():
+    client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE, text=True)
+    name, child = client.stdout.readline().split()
+    segment = Path("/dev/shm") / name.lstrip("/")
+    trackers = [p for p in psutil.Process(client.pid).children() if "resource_tracker" in " ".join(p.cmdline())]
+    assert segment.exists() and trackers, "the client made no segment or no resource tracker"
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait(10)
+    assert wait_until(lambda: not psutil.pid_exists(int(child)) or psutil.Process(int(child)).status() == "zombie",
+                      10), "the watchdog did not kill the child"
+    assert wait_until(lambda: not segment.exists(), 10), f"{segment} left behind"
+    assert wait_until(lambda: not any(t.is_running() and t.status() != "zombie" for t in trackers), 10)
+
+
+def test_sigterm_during_calibration_exits_143(tmp_path, base_config):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**base_config, "policies": ["grad_direction"]}))
+    log = tmp_path / "run.log"
+    with open(log, "w") as handle:
+        run = subprocess.Popen([sys.executable, "-m", "release_gate.cli", "run", str(config)], stdout=handle,
+                               stderr=subprocess.STDOUT)
+    assert wait_until(lambda: "plan:" in log.read_text() or run.poll() is not None, 300), log.read_text()
+    run.send_signal(signal.SIGTERM)  # the plan is announced: calibration and the variants come next
+    assert run.wait(120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert "starting the vLLM engine" not in log.read_text()
