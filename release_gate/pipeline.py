@@ -21,7 +21,6 @@ from .constants import RUN_PACKAGES
 from .errors import BadInput
 from .evaluation import lm_eval_results
 from .evaluation.engine import Arm, EngineSettings, _exit_on_sigterm, engine_overrides
-from .evaluation.ledger import Ledger, gate_key
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
@@ -36,8 +35,9 @@ from .files import (
 )
 from .gate import boundaries, stats
 from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
-from .gate.outputs import write_outputs
 from .integrations import mlflow_tracking
+from .ledger import Ledger, gate_key
+from .reporting.outputs import write_outputs
 from .reporting.render import render_report
 from .runlog import run_log
 from .schema import (

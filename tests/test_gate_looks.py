@@ -17,11 +17,11 @@ from scipy import stats as sps
 
 from release_gate.errors import BadInput
 from release_gate.evaluation.engine import Arm
-from release_gate.evaluation.ledger import Ledger, gate_key
 from release_gate.evaluation.runner import ResolvedTask, TaskRequest
 from release_gate.gate import boundaries, stats
 from release_gate.gate.decide import Design, decide, items_needed, run_gate
 from release_gate.gate.rules import GateRule, TaskRule
+from release_gate.ledger import Ledger, gate_key
 
 TARGET = (TaskRule("t", "acc", "target"),)
 GUARD = (TaskRule("g", "acc", "guard", max_drop=0.05),)

@@ -22,7 +22,7 @@ import yaml
 
 from release_gate.cli import main
 from release_gate.errors import BadInput
-from release_gate.gate.outputs import write_outputs
+from release_gate.reporting.outputs import write_outputs
 from release_gate.schema import DECISION_FILE, PROMOTED_DIR, RUN_MARKER
 from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 

@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "release_gate"
 
 #: The README's picture, lowest first: a module may import its own layer and the ones before it.
 LAYERS = [
-    {"errors", "constants", "files", "yamlio", "validation", "schema", "assets"},
+    {"errors", "constants", "files", "yamlio", "validation", "schema", "assets", "runlog"},
     {"surgery"},
     {"evaluation"},
     {"gate"},
-    {"reporting", "integrations"},
+    {"reporting", "integrations", "ledger"},
     {"config"},
     {"pipeline"},
     {"embedded_demo", "api"},

@@ -21,9 +21,9 @@ from huggingface_hub import ModelCard
 
 from release_gate.files import directory_sha256
 from release_gate.gate.decide import decide
-from release_gate.gate.outputs import write_outputs
 from release_gate.gate.rules import GateRule, TaskRule
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
+from release_gate.reporting.outputs import write_outputs
 from release_gate.schema import DECISION_FILE, JUNIT_FILE, MODEL_CARD_FILE, PROMOTED_DIR, SUMMARY_FILE
 
 from factories import make_adapter, promote_in, tiny_llama

@@ -24,11 +24,11 @@ from mlflow import MlflowClient
 
 from release_gate.config import MlflowSection
 from release_gate.files import directory_sha256
-from release_gate.gate.outputs import PROMOTED_FILES, write_outputs
 from release_gate.integrations import mlflow_tracking
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
 from release_gate.integrations.signing import SIGNATURE_FILE
 from release_gate.integrations.vllm_resolver import ReleaseGateResolver
+from release_gate.reporting.outputs import PROMOTED_FILES, write_outputs
 from release_gate.schema import DECISION_FILE, MODEL_CARD_FILE, PROMOTED_DIR
 from release_gate.surgery.adapter import CONFIG_FILE
 

@@ -20,11 +20,11 @@ from release_gate.cli import main
 from release_gate.config import load_run_config
 from release_gate.errors import BadInput
 from release_gate.files import directory_sha256
-from release_gate.gate.outputs import write_outputs
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
 from release_gate.integrations.signing import SIGNATURE_FILE, public_key_sha256, sign_directory
 from release_gate.integrations.vllm_resolver import ReleaseGateResolver
 from release_gate.pipeline import release_signer
+from release_gate.reporting.outputs import write_outputs
 from release_gate.schema import DECISION_FILE, MODEL_CARD_FILE, PROMOTED_DIR, SIDECAR_FILE
 from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 

@@ -21,7 +21,6 @@ from vllm.lora.resolver import LoRAResolverRegistry
 from release_gate.assets import fetch
 from release_gate.cli import main
 from release_gate.files import directory_sha256
-from release_gate.gate.outputs import write_outputs
 from release_gate.integrations import vllm_resolver
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release, is_safe_name
 from release_gate.integrations.signing import SIGNATURE_FILE, sign_directory
@@ -33,6 +32,7 @@ from release_gate.integrations.vllm_resolver import (
     ReleaseGateResolver,
     register,
 )
+from release_gate.reporting.outputs import write_outputs
 from release_gate.surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 
 from factories import key_pair, promote_in, smollm2_adapter

@@ -18,6 +18,7 @@ import yaml
 from ..assets import public_model_id
 from ..errors import BadInput
 from ..files import atomic_directory, remove_directory, write_json_atomic, write_text_atomic
+from ..gate.criteria import pts
 from ..schema import (
     DECISION_FILE,
     JUNIT_FILE,
@@ -28,7 +29,6 @@ from ..schema import (
     Outcome,
 )
 from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
-from .criteria import pts
 
 #: What ``promoted/`` holds besides the model card: the adapter (what the resolver hashes) and its edit record.
 PROMOTED_FILES = (CONFIG_FILE, SAFETENSORS_FILE, SIDECAR_FILE)

@@ -28,11 +28,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput
-from ..files import child, content_key, file_lock, read_json, write_json_atomic
-from ..gate.decide import Decision, Design, PastLook
-from .engine import Arm
-from .runner import ResolvedTask
+from .errors import BadInput
+from .evaluation.engine import Arm
+from .evaluation.runner import ResolvedTask
+from .files import child, content_key, file_lock, read_json, write_json_atomic
+from .gate.decide import Decision, Design, PastLook
 
 logger = logging.getLogger(__name__)
 
