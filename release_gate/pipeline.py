@@ -20,7 +20,7 @@ from .config import RunConfig
 from .constants import RUN_PACKAGES
 from .errors import BadInput
 from .evaluation import lm_eval_results
-from .evaluation.engine import Arm, EngineSettings, _exit_on_sigterm, engine_overrides
+from .evaluation.engine import Arm, EngineSettings, engine_overrides, exit_on_sigterm
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession, same_items
 from .evaluation.store import Item, ItemStore
@@ -232,7 +232,7 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
 
 def run(config: RunConfig, resume: bool = False) -> RunResult:
     """The whole gate for one config; returns the decision document (also written to disk)."""
-    _exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C (exit 143) at every stage, calibration included
+    exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C (exit 143) at every stage, calibration included
     timer = Timer()
     out = Path(config.output.dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()

@@ -53,8 +53,17 @@ def test_kill_9_kills_the_children_and_leaves_no_shared_memory():
 
 
 def test_sigterm_during_calibration_exits_143(tmp_path, base_config):
+    # the real SmolLM2 base: calibration takes seconds there (the tiny model has no tokenizer, so its run could
+    # end on that error before the signal arrived)
+    from release_gate.assets import fetch
+
+    from factories import smollm2_adapter
+
+    model = fetch().model_dir
+    adapter = smollm2_adapter(model, tmp_path / "adapter", seed=1, r=8, alpha=16, targets=("o_proj", "down_proj"))
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({**base_config, "policies": ["grad_direction"]}))
+    config.write_text(yaml.safe_dump({**base_config, "base_model": str(model), "adapter": str(adapter),
+                                      "policies": ["grad_direction"]}))
     log = tmp_path / "run.log"
     with open(log, "w") as handle:
         run = subprocess.Popen([sys.executable, "-m", "release_gate.cli", "run", str(config)], stdout=handle,

@@ -196,7 +196,7 @@ def engine_environment() -> Iterator[None]:
             os.environ["LD_PRELOAD"] = before
 
 
-def _exit_on_sigterm() -> None:
+def exit_on_sigterm() -> None:
     """Make SIGTERM (``kill PID``, a cancelled CI job) unwind like Ctrl-C, so ``Engine.close`` runs.
 
     Python's default SIGTERM action ends the process at once: vLLM's engine
@@ -222,7 +222,7 @@ class Engine:
 
     def __init__(self, settings: EngineSettings) -> None:
         _cpu_defaults()
-        _exit_on_sigterm()
+        exit_on_sigterm()
         from vllm import LLM
 
         self.settings = settings
@@ -267,6 +267,8 @@ class Engine:
         different adapters batch exactly. Mixed calls are split in two.
         """
         per_prompt = list(params) if isinstance(params, list) else [params] * len(prompts)
+        if self.settings.merged:  # one arm's weights at a time: base rows never share a batch with LoRA rows
+            return self._generate(prompts, per_prompt, arms)
         lora = [i for i, arm in enumerate(arms) if arm.adapter is not None]
         base = [i for i, arm in enumerate(arms) if arm.adapter is None]
         outputs: list[Any] = [None] * len(prompts)

@@ -333,7 +333,7 @@ def stored_items(store: ItemStore, arm: Arm, task: BuiltTask, template: str | No
 def evaluate(
     lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
     sizes: Mapping[str, int] | None = None, cross_arm: bool = True, template: str | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, engine_key: str | None = None,
 ) -> dict[tuple[str, str], list[Item]]:
     """Scores of every arm on the first ``sizes[task]`` items of every task, evaluating only what the store lacks.
 
@@ -343,9 +343,10 @@ def evaluate(
     calls (one ``generate`` with a per-prompt LoRA list). A task whose request says ``chat_template``
     has its prompts rendered with the tokenizer's chat template (``template``; instruct models, e.g.
     IFEval), which is part of its store key. ``progress`` (the caller's, across looks) counts
-    arm × items; without one, this call shows its own.
+    arm × items; without one, this call shows its own. ``engine_key`` (default: ``lm``'s engine settings)
+    lets a caller whose engine is started on demand look up the store without starting it.
     """
-    engine_key = lm.engine.settings.key()
+    engine_key = engine_key or lm.engine.settings.key()
     if any(t.request.chat_template for t in tasks) and template is None:
         template = str(lm.tokenizer.chat_template)
     wanted = {t.request.name: t.doc_ids((sizes or {}).get(t.request.name)) for t in tasks}

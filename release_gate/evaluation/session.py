@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -142,8 +141,8 @@ class EvaluationSession:
         from .runner import evaluate
 
         try:
-            items = evaluate(OnDemand(self._start, self.settings), arms, tasks, self.store, sizes,
-                             cross_arm=self.cross_arm, template=self.template(), progress=self.progress)
+            items = evaluate(OnDemand(self._start), arms, tasks, self.store, sizes, cross_arm=self.cross_arm,
+                             template=self.template(), progress=self.progress, engine_key=self.settings.key())
         except ReleaseGateError:
             raise
         except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives
@@ -182,13 +181,11 @@ class OnDemand:
     """The session's lm-eval model as :func:`.runner.evaluate` sees it, started on first use.
 
     A run that waits on the store's locks while another run scores the same items finds them stored
-    and starts no engine (two runs on one cache held two engines, one of them idle). The store key
-    (``engine.settings``) is known without one.
+    and starts no engine (two runs on one cache held two engines, one of them idle).
     """
 
-    def __init__(self, start: Callable[[], Any], settings: EngineSettings) -> None:
+    def __init__(self, start: Callable[[], Any]) -> None:
         self._start = start
-        self.engine = SimpleNamespace(settings=settings)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._start(), name)
