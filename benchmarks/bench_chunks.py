@@ -34,6 +34,7 @@ def main() -> None:
     import release_gate
     from release_gate.assets import fetch
     from release_gate.evaluation.engine import Arm, EngineSettings
+    from release_gate.evaluation.in_process import VllmBackend
     from release_gate.evaluation.runner import TaskRequest, resolve_task
     from release_gate.evaluation.session import EvaluationSession
     from release_gate.evaluation.store import ItemStore
@@ -52,7 +53,7 @@ def main() -> None:
     store = ItemStore(root / "store")
     settings = EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024)
     started = time.time()
-    with EvaluationSession(arms, [task], store, settings=settings) as session:
+    with EvaluationSession(arms, [task], store, VllmBackend(settings)) as session:
         session.fetch({arm.name: {args.task: task.size} for arm in arms})
     total = time.time() - started
     files = sorted((path.stat().st_mtime, path) for path in store.root.rglob("*.jsonl"))

@@ -75,7 +75,9 @@ def measured_run(args: argparse.Namespace) -> dict[str, Any]:
     from release_gate.assets import fetch
     from release_gate.evaluation.backend import SharedEngineLM
     from release_gate.evaluation.engine import EngineSettings
-    from release_gate.evaluation.runner import TaskRequest, evaluate, resolve_task
+    from release_gate.evaluation.in_process import VllmBackend
+    from release_gate.evaluation.runner import TaskRequest, resolve_task
+    from release_gate.evaluation.scoring import evaluate
     from release_gate.evaluation.store import ItemStore
     from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
 
@@ -95,7 +97,7 @@ def measured_run(args: argparse.Namespace) -> dict[str, Any]:
                     TaskRequest("ifeval", "prompt_level_strict_acc", limit=args.ifeval, max_gen_toks=args.max_gen_toks)]
         tasks = [resolve_task(r, manager) for r in requests]
         store = ItemStore(Path(tempfile.mkdtemp(prefix="store-", dir=root)))
-        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, store, cross_arm=args.cross_arm)
+        evaluate(VllmBackend.around(SharedEngineLM(engine, arms[0]), cross_arm=args.cross_arm), arms, tasks, store)
         out.update(evaluation=time.perf_counter() - start, engine=engine.seconds, arms=len(arms))
         if args.tokens_per_second:  # after the evaluation; the parent takes its time out of the process time
             start = time.perf_counter()

@@ -39,6 +39,7 @@ from release_gate.embedded_demo import (  # noqa: E402
     write_single_instruction_ifeval,
 )
 from release_gate.evaluation.engine import Arm, Engine, EngineSettings  # noqa: E402
+from release_gate.evaluation.in_process import VllmBackend  # noqa: E402
 from release_gate.evaluation.runner import TaskRequest, resolve_task  # noqa: E402
 from release_gate.evaluation.session import EvaluationSession  # noqa: E402
 from release_gate.evaluation.store import ItemStore  # noqa: E402
@@ -84,7 +85,7 @@ def measure(path: str, model_dir: Path, arms: list[Arm], resolved: list, root: P
     settings = EngineSettings.for_arms(str(model_dir), arms, lora_path=path, max_model_len=1024)
     seconds, items = {}, {}
     store = ItemStore(root / f"items-{path}")
-    with EvaluationSession(arms, resolved, store, settings=settings) as session:
+    with EvaluationSession(arms, resolved, store, VllmBackend(settings)) as session:
         sizes = {t.request.name: t.size for t in resolved}
         session.fetch({arms[0].name: {t.request.name: 1 for t in resolved}})  # engine start and warm-up, not timed
         for arm in arms:

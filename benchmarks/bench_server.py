@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from release_gate.assets import fetch  # noqa: E402
 from release_gate.evaluation import server as server_mode  # noqa: E402
 from release_gate.evaluation.engine import Arm  # noqa: E402
+from release_gate.evaluation.fleet import ServerBackend  # noqa: E402
 from release_gate.evaluation.runner import BuiltTask, TaskRequest, resolve_task  # noqa: E402
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks  # noqa: E402
 
@@ -30,7 +31,7 @@ from servers import api_server  # noqa: E402
 def timed_pass(server: server_mode.Server, tasks: list, items: dict[str, list[int]]) -> float:
     start = time.perf_counter()
     for task in tasks:
-        server_mode.evaluate_arm_task(server, Arm.base(), BuiltTask(task), items[task.request.name])
+        next(ServerBackend([server]).score([Arm.base()], BuiltTask(task), items[task.request.name]))
     return time.perf_counter() - start
 
 

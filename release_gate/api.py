@@ -2,7 +2,7 @@
 
     import release_gate
     result = release_gate.run("examples/smollm2-offline.yaml", overrides=["gate.alpha=0.1"])
-    result.document["outcome"], result.exit_code, result.run_dir
+    result.document.outcome, result.exit_code, result.run_dir
     release_gate.edit(base_model=..., adapter=..., policy="abs_select", out="variant", calibration="calib.jsonl")
     release_gate.inspect("adapter_dir")["alignment"]
     release_gate.report("reports/run")
@@ -56,8 +56,8 @@ def inspect(adapter: str | Path, top_m: int = 8) -> dict[str, Any]:
 
 def report(run_dir: str | Path) -> Path:
     """Re-render ``report.html`` of a finished run (``release-gate report``); returns its path."""
+    from .document import read_decision
     from .reporting.render import render_report
-    from .schema import read_decision
 
     read_decision(Path(run_dir))
     return render_report(Path(run_dir))
@@ -96,5 +96,12 @@ def serve_args(release_dir: str | Path, base_model: str | None = None, stage: st
 def config_schema() -> dict[str, Any]:
     """The run config's JSON Schema (``release-gate config-schema``)."""
     from .config import schema
+
+    return schema()
+
+
+def decision_schema() -> dict[str, Any]:
+    """``decision.json``'s JSON Schema (``release-gate decision-schema``)."""
+    from .document import schema
 
     return schema()

@@ -55,27 +55,55 @@ class ControlsSection(Section):
                                             "seeds are set by controls.seeds")] = {}
 
 
-class ServerSection(Section):
-    """An existing vLLM OpenAI server (the scale-out path): URL, served model name, tokenizer, and client settings.
-
-    ``api_key`` (default ``$OPENAI_API_KEY``) is sent as a bearer token and never written anywhere.
-    ``concurrency`` requests stay in flight with ``batch_size`` prompts each, so a data-parallel or
-    Ray-backed deployment is kept busy; transient failures are retried ``max_retries`` times with backoff.
-    """
+class EndpointSection(Section):
+    """One server of ``evaluation.server.endpoints``: its base URL, requests in flight, and API key."""
 
     url: Text
+    concurrency: Annotated[Count | None, Field(description="requests in flight to this server (default: "
+                                                           "evaluation.server.concurrency)")] = None
+    api_key: Annotated[Text | None, Field(exclude=True, repr=False)] = None
+    api_key_env: Annotated[Text | None, Field(description="the environment variable holding this server's API key "
+                                                          "(default: evaluation.server.api_key_env)")] = None
+
+
+class ServerSection(Section):
+    """Existing OpenAI-compatible servers (the scale-out path): where, the served model, its tokenizer, the client.
+
+    ``url`` names one server; ``endpoints`` several replicas of the same base model, each with its own
+    ``concurrency`` and API key: every arm is loaded on each, and the items are shared among them.
+    ``api_key`` (default ``$<api_key_env>``, i.e. ``$OPENAI_API_KEY``) is sent as a bearer token and never
+    written anywhere. ``concurrency`` requests stay in flight with ``batch_size`` prompts each, so a
+    data-parallel or Ray-backed deployment is kept busy; transient failures are retried ``max_retries``
+    times with backoff. ``lora_api`` is how adapters are loaded at runtime (vLLM's dynamic LoRA API, or SGLang's).
+    """
+
+    url: Text | None = None
+    endpoints: tuple[EndpointSection, ...] = ()
     model: Text | None = None
     tokenizer: Text | None = None
     api_key: Annotated[Text | None, Field(exclude=True, repr=False)] = None
+    api_key_env: Text = "OPENAI_API_KEY"
     concurrency: Count = 8
     batch_size: Count = 8
     timeout: Positive = 600.0
     max_retries: NonNegativeInt = 3
+    lora_api: Literal["vllm", "sglang"] = "vllm"
+
+    def endpoint_list(self) -> tuple[EndpointSection, ...]:
+        """Every server, each with its own settings resolved (``url`` is a list of one)."""
+        listed = self.endpoints or (EndpointSection(url=self.url or ""),)
+        return tuple(e.model_copy(update={"concurrency": e.concurrency or self.concurrency,
+                                          "api_key": e.api_key or (None if e.api_key_env else self.api_key),
+                                          "api_key_env": e.api_key_env or self.api_key_env}) for e in listed)
 
 
 class EvaluationSection(Section):
-    """How arms are scored: one in-process vLLM engine, or an existing server."""
+    """How arms are scored: by the backend ``backend`` names (one in-process vLLM engine, existing servers)."""
 
+    backend: Annotated[Text, Field(description="what scores the arms: vllm (one in-process engine), server "
+                                               "(evaluation.server), or an installed package's backend "
+                                               "(entry point group release_gate.backends); default: server when "
+                                               "evaluation.server is given, else vllm")] = "vllm"
     dtype: Text = "float32"
     #: how an arm's LoRA is applied: ``merged`` weights written into the engine per arm (the CPU's fast path),
     #: vLLM's ``multi_lora`` kernels (the GPU's), or ``auto`` (merged on CPU when every adapter can be merged)
@@ -90,6 +118,14 @@ class EvaluationSection(Section):
     sample_seed: Integer = 0
     engine_args: dict[str, Any] | None = None
     server: ServerSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _server_means_server(cls, value: Any) -> Any:
+        """A config that names a server and no backend (every config before backends) scores on the server."""
+        if isinstance(value, dict) and "backend" not in value and value.get("server") is not None:
+            return {**value, "backend": "server"}
+        return value
 
 
 class TaskSection(Section):
@@ -259,7 +295,7 @@ class ConfigError(Exception):
 
 
 def check_config(config: RunConfig) -> None:
-    """Checks that need more than one field: task roles and budgets, server vs chat template."""
+    """Checks that need more than one field: task roles and budgets, the evaluation backend."""
     if not config.targets:
         raise ConfigError(("targets",), "at least one target task is required")
     seen: set[str] = set()
@@ -275,14 +311,35 @@ def check_config(config: RunConfig) -> None:
                 raise ConfigError((section, i, "max_drop"), "the alignment-tax budget must be a number ≥ 0, got "
                                                             f"{entry.max_drop}")
             _check_range(entry, (section, i))
-    if config.evaluation.server is not None:
-        chat = [(("evaluation", "chat_template"), config.evaluation.chat_template)] + [
-            ((section, i, "chat_template"), entry.chat_template) for section, entries in
-            (("targets", config.targets), ("guards", config.guards)) for i, entry in enumerate(entries)]
-        for location, on in chat:
-            if on:
-                raise ConfigError(location, "not supported with evaluation.server (the server mode scores raw "
-                                            "completions); drop one of the two")
+    _check_backend(config)
+
+
+def _check_backend(config: RunConfig) -> None:
+    """The backend exists and has what it needs; server mode scores raw completions (no chat template)."""
+    from .evaluation.protocol import backend_names
+
+    evaluation = config.evaluation
+    if evaluation.backend not in backend_names():
+        raise ConfigError(("evaluation", "backend"), f"unknown backend {evaluation.backend!r} (known: "
+                                                     f"{', '.join(backend_names())})")
+    if evaluation.backend == "vllm" and evaluation.server is not None:
+        raise ConfigError(("evaluation", "backend"), "vllm scores in this process, but evaluation.server is set: "
+                                                     "use backend: server, or drop evaluation.server")
+    if evaluation.backend != "server":
+        return
+    server = evaluation.server
+    if server is None or not (server.url or server.endpoints):
+        raise ConfigError(("evaluation", "server", "url"), "required by backend server (or endpoints: a list of "
+                                                           "servers, each with a url)")
+    if server.url and server.endpoints:
+        raise ConfigError(("evaluation", "server", "endpoints"), "give url (one server) or endpoints, not both")
+    chat = [(("evaluation", "chat_template"), evaluation.chat_template)] + [
+        ((section, i, "chat_template"), entry.chat_template) for section, entries in
+        (("targets", config.targets), ("guards", config.guards)) for i, entry in enumerate(entries)]
+    for location, on in chat:
+        if on:
+            raise ConfigError(location, "not supported with evaluation.server (the server mode scores raw "
+                                        "completions); drop one of the two")
 
 
 def _check_range(entry: TaskSection, location: Location) -> None:

@@ -115,17 +115,28 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~current_umask())
         yield tmp
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
-        old = _aside(target)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Rename the finished file or directory ``source`` to ``target`` (same filesystem), replacing any old one.
+
+    Its bytes are fsynced first, so after a crash ``target`` holds the old content or all of the new; an old
+    directory is renamed aside and removed after the swap, so a reader never sees a mixture. This is what
+    :func:`atomic_directory` does on success; called directly, it installs something built elsewhere on the
+    same filesystem (the asset cache builds in a scratch folder of its own).
+    """
+    source, target = Path(source), Path(target)
+    for path in (p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    old = _aside(target) if source.is_dir() else None
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_directory(target: Path) -> None:
@@ -211,6 +222,12 @@ def directory_sha256(path: Path, names: Iterable[str]) -> str:
         digest.update(name.encode() + b"\0")
         digest.update(file_sha256(Path(path) / name).encode())
     return digest.hexdigest()
+
+
+def tree_sha256(root: Path) -> str:
+    """:func:`directory_sha256` over every file below ``root``, named by its ``/``-separated relative path."""
+    root = Path(root)
+    return directory_sha256(root, [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()])
 
 
 def content_key(payload: Any, length: int = 16) -> str:

@@ -28,11 +28,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .document import PastLookRecord
 from .errors import BadInput
 from .evaluation.engine import Arm
 from .evaluation.runner import ResolvedTask
 from .files import child, content_key, file_lock, read_json, write_json_atomic
-from .gate.decide import Decision, Design, PastLook
+from .gate.decide import Decision
+from .gate.looks import Design, PastLook, history_records
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class Ledger:
                            f"({', '.join(json.dumps(r['limits']) for r in self.runs)}) to reproduce its decision"
                            ) from None
 
-    def record(self, decision: Decision, run_dir: str, date: str) -> list[dict[str, Any]]:
+    def record(self, decision: Decision, run_dir: str, date: str) -> list[PastLookRecord]:
         """Append this run's looks (a continuation) and return the gate's whole history for ``decision.json``."""
         mine = decision.history[len(decision.design.history):]
         if self.replaying is None and mine:
@@ -117,7 +119,7 @@ class Ledger:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self.path, {"version": LEDGER_VERSION, "settings": self.settings, "runs": self.runs})
         stamped = (*decision.design.history, *(replace(h, run=run_dir, date=date) for h in mine))
-        return [dict(look=k + 1, **h.to_json()) for k, h in enumerate(stamped)]
+        return history_records(stamped)
 
 
 def _setting(name: str) -> str:

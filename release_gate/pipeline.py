@@ -10,48 +10,40 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .assets import default_cache_dir
 from .config import RunConfig
-from .constants import RUN_PACKAGES
+from .document import DecisionDocument
 from .errors import BadInput
 from .evaluation import lm_eval_results
-from .evaluation.engine import Arm, EngineSettings, engine_overrides, exit_on_sigterm
+from .evaluation.engine import Arm, engine_overrides, exit_on_sigterm
+from .evaluation.protocol import BackendContext, create_backend
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
-from .evaluation.session import EvaluationSession, same_items
-from .evaluation.store import Item, ItemStore
-from .files import (
-    check_input_file,
-    child,
-    file_sha256,
-    package_versions,
-    read_json,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from .evaluation.session import EvaluationSession
+from .evaluation.store import ItemStore
+from .files import check_input_file, child, write_json_atomic
 from .gate import boundaries, stats
-from .gate.decide import BASELINE, Decision, Design, budget_warnings, run_gate
+from .gate.decide import run_gate
+from .gate.looks import Design
+from .gate.words import budget_warnings
 from .integrations import mlflow_tracking
 from .ledger import Ledger, gate_key
 from .reporting.outputs import write_outputs
 from .reporting.render import render_report
+from .run_record import Evaluated, Timer, build_document, look_summary, save_items
 from .runlog import run_log
 from .schema import (
+    BASELINE,
     CONTROL_POLICY,
     EXIT_CODES,
     INSPECT_FILE,
-    ITEMS_DIR,
     RUN_LOG_FILE,
     RUN_MARKER,
-    SCHEMA_VERSION,
-    SIDECAR_FILE,
     TRACKING_FILE,
     VARIANTS_DIR,
-    Status,
 )
 from .surgery.adapter import check_output_dir, load_adapter
 from .surgery.calibration import check_no_overlap, read_examples
@@ -68,26 +60,11 @@ class RunResult:
     """Where the run went, what it decided, and the exit code that says so."""
 
     run_dir: Path
-    document: dict[str, Any]
+    document: DecisionDocument
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.document["outcome"]]
-
-
-@dataclass
-class Timer:
-    """Seconds per stage, for the provenance record."""
-
-    started: float = field(default_factory=time.perf_counter)
-    wall: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    stages: dict[str, float] = field(default_factory=dict)
-
-    def stage(self, name: str, since: float) -> None:
-        self.stages[name] = round(time.perf_counter() - since, 3)
-
-    def total(self) -> dict[str, float]:
-        return {**self.stages, "total": round(time.perf_counter() - self.started, 3)}
+        return EXIT_CODES[self.document.outcome]
 
 
 def prepare_run_dir(out: Path, adapter: Path, resume: bool, calibration: Path | None = None) -> None:
@@ -279,11 +256,8 @@ def gate_in_run_dir(config: RunConfig, plan: Plan, adapter: Any, tracker: Any, s
         logger.info(line)
     save_items(out, session.items)
     lm_eval_results.write(out, session.items, plan.resolved, arms, config.base_model)
-    identical = identical_to_baseline(arms, session.items, [t.request.name for t in plan.resolved])
-    document = build_document(config, decision, arms, identical, session.canary, session.record, written,
-                              adapter.sha256, plan, timer, signed_by)
-    if history is not None:
-        document["history"] = history
+    evaluated = Evaluated(arms, session.items, session.canary, session.record, plan.resolved)
+    document = build_document(config, decision, evaluated, written, timer, signed_by, history)
     write_outputs(out, document, {path.name: path for path, _ in written},
                   Path(config.release.signing_key) if signed_by else None)
     render_report(out)
@@ -294,32 +268,16 @@ def gate_in_run_dir(config: RunConfig, plan: Plan, adapter: Any, tracker: Any, s
 
 
 def evaluation_session(config: RunConfig, arms: list[Arm], plan: Plan, store: ItemStore) -> EvaluationSession:
-    """Scores on demand for the gate's looks: one in-process engine (started only if needed) or a server."""
-    evaluation = config.evaluation
-    if evaluation.server is not None:
-        from .evaluation import server as server_mode
-
-        server = evaluation.server
-        endpoint = server_mode.Server(server.url, server.model or config.base_model, server.tokenizer or config.base_model,
-                                      api_key=server.api_key, concurrency=server.concurrency,
-                                      batch_size=server.batch_size, timeout=server.timeout, retries=server.max_retries)
-        return EvaluationSession(arms, plan.resolved, store, server=endpoint)
-    settings = EngineSettings.for_arms(
-        config.base_model, arms, lora_path=evaluation.lora_path, dtype=evaluation.dtype,
-        max_model_len=evaluation.max_model_len,
-        gpu_memory_utilization=evaluation.gpu_memory_utilization,
-        **plan.engine_overrides,
-    )
-    return EvaluationSession(arms, plan.resolved, store, settings=settings, batch_size=evaluation.batch_size,
-                             cross_arm=evaluation.cross_arm)
+    """Scores on demand for the gate's looks, by the backend ``evaluation.backend`` names (started only if needed)."""
+    backend = create_backend(config.evaluation.backend, BackendContext(config.base_model, tuple(arms), config.evaluation))
+    return EvaluationSession(arms, plan.resolved, store, backend)
 
 
 def open_ledger(store: ItemStore, arms: Sequence[Arm], plan: Plan, session: EvaluationSession) -> Ledger | None:
     """The gate's look ledger beside the item store (statistical mode only: point estimates spend no α)."""
     if plan.design.rule.mode != "statistical":
         return None
-    engine = session.server.key() if session.server is not None else session.settings.key()
-    ledger = Ledger.open(store.root, gate_key(arms, plan.resolved, engine), plan.design,
+    ledger = Ledger.open(store.root, gate_key(arms, plan.resolved, session.backend.store_key()), plan.design,
                          {t.request.name: t.sample_seed for t in plan.resolved})
     if ledger.replaying is not None:
         logger.info(f"gate: this run has the limits of run {ledger.replaying + 1} of this gate ({ledger.path}): it "
@@ -328,19 +286,6 @@ def open_ledger(store: ItemStore, arms: Sequence[Arm], plan: Plan, session: Eval
         logger.info(f"gate: {len(ledger.history())} earlier looks of this gate (begun {ledger.begun}) in "
                     f"{ledger.path}: this run continues their error spending")
     return ledger
-
-
-def look_summary(decision: Decision) -> list[str]:
-    """One line per look: items per task and what happened to the variants."""
-    lines = []
-    for look in decision.looks:
-        sizes = ", ".join(f"{task} {n}" for task, n in look["n"].items())
-        events = ", ".join(f"{arm} {entry['status']}" for arm, entry in look["variants"].items()
-                           if entry["status"] != Status.EVALUATING)
-        total = len(decision.design.history) + decision.design.n_looks
-        lines.append(f"look {look['look']}/{total} ({sizes}; {len(look['arms'])} arms)"
-                     + (f": {events}" if events else ""))
-    return lines
 
 
 def announce_plan(plan: Plan) -> None:
@@ -368,27 +313,6 @@ def announce_plan(plan: Plan) -> None:
         logger.warning(f"warning: {warning}")
 
 
-def save_items(out: Path, items: dict[tuple[str, str], list[Item]]) -> None:
-    """A copy of every per-item result inside the run directory (the report's item-level diffs)."""
-    for (arm, task), rows in items.items():
-        path = child(child(out / ITEMS_DIR, arm, "arm"), f"{task}.jsonl", "task")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(path, (r.summary() for r in rows))
-
-
-def identical_to_baseline(arms: Sequence[Arm], items: dict[tuple[str, str], list[Item]],
-                          tasks: Sequence[str]) -> set[str]:
-    """Arms whose adapter content, or every answer and score on the items they were scored on, equals baseline's."""
-    baseline = next(a for a in arms if a.name == BASELINE)
-
-    def same(arm: str, task: str) -> bool:
-        mine = items[(arm, task)]
-        return same_items(mine, items[(BASELINE, task)][: len(mine)])
-
-    return {a.name for a in arms if a.adapter is not None and a.name != BASELINE and (
-        a.sha256 == baseline.sha256 or all(same(a.name, t) for t in tasks))}
-
-
 def release_signer(config: RunConfig) -> str | None:
     """The sha256 of the public half of ``release.signing_key`` (None: releases go out unsigned).
 
@@ -407,52 +331,3 @@ def release_signer(config: RunConfig) -> str | None:
         return check_private_key(Path(key))
     except BadInput as exc:
         raise BadInput(f"{config.source}: {exc}") from None
-
-
-def build_document(config: RunConfig, decision: Decision, arms: Sequence[Arm], identical: set[str],
-                   canary_record: dict[str, Any], engine_record: dict[str, Any], written: Sequence[Any],
-                   adapter_sha256: str, plan: Plan, timer: Timer, signed_by: str | None = None) -> dict[str, Any]:
-    """The ``decision.json`` document (schema in docs/run-directory.md); an unsigned PROMOTE says so."""
-    policies = {variant.name: variant.policy.parameters() for _, variant in written}
-    roles = {"base": "base", BASELINE: "baseline"}
-    candidates = set(decision.verdicts)
-    arms_json = {}
-    for arm in arms:
-        role = roles.get(arm.name) or ("variant" if arm.name in candidates else "control")
-        path = f"{VARIANTS_DIR}/{arm.name}" if arm.name in policies else (str(arm.adapter) if arm.adapter else None)
-        arms_json[arm.name] = {"role": role, "policy": policies.get(arm.name), "sha256": arm.sha256 or None,
-                               "path": path, "identical_to_baseline": arm.name in identical,
-                               "scores": decision.arm_scores[arm.name]}
-    winner = next((a for a in arms if a.name == decision.promoted), None)
-    body = decision.to_json()
-    if winner and signed_by is None:
-        body["warnings"] = [*body["warnings"], "promoted/ is unsigned (no release.signing_key): serve-args and the "
-                            "vLLM resolver refuse it unless told explicitly to serve unsigned releases"]
-    return {
-        "schema_version": SCHEMA_VERSION, "outcome": decision.outcome,
-        "promoted": {"arm": winner.name, "sha256": winner.sha256, "path": "promoted",
-                     "signed_by": signed_by} if winner else None,
-        **body, "arms": arms_json,
-        "canary": {**canary_record, "identical_to_baseline": sorted(identical)},
-        "config": config.to_json(),
-        "provenance": provenance(config, adapter_sha256, written, engine_record, timer),
-        "samples": {t.request.name: {"seed": t.sample_seed, "available": t.available, "limit": t.size,
-                                     "evaluated": decision.tasks[t.request.name]["n"]} for t in plan.resolved},
-    }
-
-
-def provenance(config: RunConfig, adapter_sha256: str, written: Sequence[Any], engine_record: dict[str, Any],
-               timer: Timer) -> dict[str, Any]:
-    """Hashes of every input, package versions, engine settings and timings."""
-    base_config = Path(config.base_model) / "config.json"
-    versions = package_versions(RUN_PACKAGES)
-    calibration = next((read_json(path / SIDECAR_FILE)["calibration"] for path, variant in written
-                        if variant.policy.needs_calibration), None)
-    return {
-        "adapter_sha256": adapter_sha256,
-        "base_config_sha256": file_sha256(base_config) if base_config.is_file() else None,
-        "calibration_sha256": calibration["file_sha256"] if calibration else None,
-        "calibration_indices": calibration["indices"] if calibration else None,
-        "packages": versions, "engine": engine_record, "timings": timer.total(), "started": timer.wall,
-        "release_gate": versions["release-gate"],
-    }

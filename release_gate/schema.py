@@ -2,17 +2,13 @@
 
 The report, ``summary.md``/``junit.xml``, the vLLM resolver and ``serve-args`` read what the gate
 wrote; file names, arm roles, outcomes, statuses, the schema version and the ranking of variants are
-declared here once, so a schema change cannot silently break a reader (docs/run-directory.md).
+declared here once, so a schema change cannot silently break a reader (docs/run-directory.md); the
+document itself is the typed model of :mod:`.document`.
 """
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
-
-from .errors import BadInput
 
 #: Version of ``decision.json``; readers refuse any other.
 SCHEMA_VERSION = 2
@@ -45,6 +41,32 @@ CONTROL_POLICY = "random_index"
 REWARD = "reward"
 
 
+class Role(StrEnum):
+    """What an arm is in the decision: the base model, the input adapter, a candidate, or a random control."""
+
+    BASE = "base"
+    BASELINE = "baseline"
+    VARIANT = "variant"
+    CONTROL = "control"
+
+
+class TaskRole(StrEnum):
+    """A target is weighted into the reward; a guard has a drop budget."""
+
+    TARGET = "target"
+    GUARD = "guard"
+
+
+class Standing(StrEnum):
+    """How an arm or a criterion came out, for the report's marks and colours (a CSS class suffix)."""
+
+    WINNER = "winner"
+    PASS = "pass"
+    POINT = "point"
+    FAIL = "fail"
+    CONTROL = "control"
+
+
 class Outcome(StrEnum):
     PROMOTE = "PROMOTE"
     REJECT = "REJECT"
@@ -56,7 +78,7 @@ EXIT_CODES = {Outcome.PROMOTE: 0, Outcome.REJECT: 10, Outcome.INCONCLUSIVE: 11}
 
 
 class Status(StrEnum):
-    """Where a variant's evaluation ended (see :mod:`release_gate.gate.decide`)."""
+    """Where a variant's evaluation ended (see :mod:`release_gate.gate.looks`)."""
 
     EVALUATING = "evaluating"
     PASSED = "passed"
@@ -69,22 +91,3 @@ class Status(StrEnum):
 def rank_key(reward: float, worst_guard_drop: float, arm: str) -> tuple[float, float, str]:
     """The gate's order of variants: highest reward first, ties to the smaller guard drop, then the name."""
     return (-reward, worst_guard_drop, arm)
-
-
-def read_decision(run_dir: Path) -> dict[str, Any]:
-    """The decision document of a run directory, refused with one clear message when it is not current."""
-    path = Path(run_dir) / DECISION_FILE
-    if not path.is_file():
-        raise BadInput(f"{run_dir}: no {DECISION_FILE} (not a finished release-gate run directory)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    version = document.get("schema_version") if isinstance(document, dict) else None
-    if version == 1:
-        raise BadInput(f"{path}: schema_version 1 was written by release-gate 0.1, whose large-sample tests could "
-                       "promote on a handful of flipped answers; run the gate again (`release-gate run CONFIG "
-                       "--resume` in this directory) to decide it with the exact tests")
-    if version != SCHEMA_VERSION:
-        raise BadInput(f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}")
-    return document

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from release_gate.document import DecisionDocument
 from release_gate.evaluation.tasks import OfflineTask, write_json_task
 
 TINY = dict(
@@ -86,15 +87,15 @@ def write_heldout_task(rows: list[dict], indices: range, directory: Path) -> Pat
     return directory
 
 
-def promote_in(document: dict, arm: str, sha256: str) -> dict:
+def promote_in(document: dict, arm: str, sha256: str) -> DecisionDocument:
     """A stored run's ``decision.json`` turned into a PROMOTE of ``arm`` (the fields the gate sets on one).
 
     Used with the committed fixture run (a real run's outputs) where a test needs the PROMOTE branch of a
-    writer or reader that takes the decision document as data.
+    writer or reader that takes the decision document as data; parsed as every reader parses it.
     """
     promoted = {**document, "outcome": "PROMOTE", "promoted": {"arm": arm, "sha256": sha256, "path": "promoted"}}
     promoted["reasons"] = [f"PROMOTE {arm}: test", *document["reasons"][1:]]
-    return promoted
+    return DecisionDocument.model_validate(promoted)
 
 
 def loss_gradients(base_model: Path, adapter_dir: Path, rows_file: Path, n: int) -> dict[str, torch.Tensor]:

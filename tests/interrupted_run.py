@@ -50,6 +50,7 @@ def chunked(run_log_path: str, store_dir: str, task_dir: str, *named: str) -> No
     """One look at every item of :data:`CHUNKED` for every arm, as ``release-gate run`` evaluates."""
     import logging
 
+    from release_gate.evaluation.in_process import VllmBackend
     from release_gate.evaluation.session import EvaluationSession
     from release_gate.evaluation.store import ItemStore
     from release_gate.runlog import run_log
@@ -61,14 +62,15 @@ def chunked(run_log_path: str, store_dir: str, task_dir: str, *named: str) -> No
     arms = arms_from(named)
     tasks = resolve(assets, Path(task_dir), CHUNKED)
     with run_log(Path(run_log_path)), EvaluationSession(arms, tasks, ItemStore(Path(store_dir)),
-                                                        settings=settings(assets, arms)) as session:
+                                                        VllmBackend(settings(assets, arms))) as session:
         session.fetch({arm.name: {t.request.name: t.size for t in tasks} for arm in arms})
 
 
 def main() -> None:
     from release_gate.evaluation.backend import SharedEngineLM
     from release_gate.evaluation.engine import Engine
-    from release_gate.evaluation.runner import evaluate
+    from release_gate.evaluation.in_process import VllmBackend
+    from release_gate.evaluation.scoring import evaluate
     from release_gate.evaluation.store import ItemStore
 
     store_dir, task_dir, *named = sys.argv[1:]
@@ -77,7 +79,7 @@ def main() -> None:
     tasks = resolve(assets, Path(task_dir))
     with Engine(settings(assets, arms)) as engine:
         print("engine started", flush=True)
-        evaluate(SharedEngineLM(engine, arms[0]), arms, tasks, ItemStore(Path(store_dir)), cross_arm=False)
+        evaluate(VllmBackend.around(SharedEngineLM(engine, arms[0]), cross_arm=False), arms, tasks, ItemStore(Path(store_dir)))
     print("done", flush=True)
 
 

@@ -91,7 +91,7 @@ def test_demo_runs_the_sequential_gate_and_reruns_from_cache(tmp_path, caplog):
 
     stored = _stored()
     second = run_demo(out, size=SMALL)  # cached: same adapter, calibration and scores
-    assert second.document["comparisons"] == first.document["comparisons"]
+    assert second.document.comparisons == first.document.comparisons
     assert _stored() == stored
 
 
@@ -105,6 +105,7 @@ RETRAIN_BAND = 0.08
 @pytest.mark.vllm
 def test_a_retrained_adapter_reaches_the_shipped_ones_band(tmp_path):
     from release_gate.evaluation.engine import Arm, EngineSettings
+    from release_gate.evaluation.in_process import VllmBackend
     from release_gate.evaluation.runner import TaskRequest, resolve_task
     from release_gate.evaluation.session import EvaluationSession
     from release_gate.evaluation.store import ItemStore
@@ -123,7 +124,7 @@ def test_a_retrained_adapter_reaches_the_shipped_ones_band(tmp_path):
     # the session checks that "baseline" is applied (its canary): the shipped adapter plays that part
     arms = [Arm.base(), Arm.from_adapter("baseline", str(SHIPPED_ADAPTER)), Arm.from_adapter("retrained", str(retrained))]
     settings = EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024)
-    with EvaluationSession(arms, [task], ItemStore(tmp_path / "items"), settings=settings) as session:
+    with EvaluationSession(arms, [task], ItemStore(tmp_path / "items"), VllmBackend(settings)) as session:
         scores = {arm: by_task[TARGET_TASK] for arm, by_task in
                   session.fetch({arm.name: {TARGET_TASK: RETRAIN_N} for arm in arms}).items()}
     for arm in ("baseline", "retrained"):  # both beat the base model clearly on these items alone

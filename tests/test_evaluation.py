@@ -15,7 +15,9 @@ from release_gate.constants import LLAMA_PROJECTIONS
 from release_gate.evaluation import canary
 from release_gate.evaluation.backend import SharedEngineLM
 from release_gate.evaluation.engine import Arm, Engine, EngineSettings
-from release_gate.evaluation.runner import TaskRequest, evaluate, items_from_samples, resolve_task
+from release_gate.evaluation.in_process import VllmBackend
+from release_gate.evaluation.runner import TaskRequest, items_from_samples, resolve_task
+from release_gate.evaluation.scoring import evaluate
 from release_gate.evaluation.store import ItemStore
 from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
 from release_gate.surgery.adapter import load_adapter
@@ -93,7 +95,7 @@ def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
     lm = SharedEngineLM(stack["engine"], arms[0])
     tasks = [resolve_task(TaskRequest("commonsense_qa", "acc", limit=6), stack["manager"])]
     store = ItemStore(stack["root"] / "store")
-    first = evaluate(lm, arms, tasks, store)
+    first = evaluate(VllmBackend.around(lm), arms, tasks, store)
     assert {k: len(v) for k, v in first.items()} == {(a.name, "commonsense_qa"): 6 for a in arms}
     assert all(set(item.metrics) == {"acc,none"} for items in first.values() for item in items)
     # "crash": one (arm, task)'s items are lost; only that pair may touch the engine again
@@ -102,7 +104,7 @@ def test_evaluate_resumes_without_recomputing(stack, monkeypatch):
     original = type(stack["engine"]).generate
     monkeypatch.setattr(type(stack["engine"]), "generate",
                         lambda self, prompts, params, owners: calls.append(owners[0].name) or original(self, prompts, params, owners))
-    second = evaluate(lm, arms, tasks, store)
+    second = evaluate(VllmBackend.around(lm), arms, tasks, store)
     assert set(calls) == {"random_index@0"}
     assert [i.metrics for i in second[("random_index@0", "commonsense_qa")]] == [
         i.metrics for i in first[("random_index@0", "commonsense_qa")]]
@@ -115,7 +117,7 @@ def test_offline_generation_tasks_run(stack):
         resolve_task(TaskRequest("ifeval", "prompt_level_strict_acc", limit=3, max_gen_toks=48), stack["manager"]),
         resolve_task(TaskRequest("gsm8k", "exact_match,flexible-extract", limit=2, max_gen_toks=48), stack["manager"]),
     ]
-    scores = evaluate(lm, [base], tasks, ItemStore(stack["root"] / "gen-store"))
+    scores = evaluate(VllmBackend.around(lm), [base], tasks, ItemStore(stack["root"] / "gen-store"))
     ifeval = scores[("base", "ifeval")]
     assert len(ifeval) == 3 and all("prompt_level_strict_acc,none" in i.metrics for i in ifeval)
     assert any(i.response.strip() for i in ifeval)  # real generations (an instruct model may stop at once)
@@ -132,9 +134,9 @@ def test_cross_arm_batching_matches_sequential_with_fewer_engine_calls(stack, mo
     original = type(stack["engine"]).generate
     monkeypatch.setattr(type(stack["engine"]), "generate",
                         lambda self, prompts, params, owners: calls.append(len(prompts)) or original(self, prompts, params, owners))
-    batched = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "batched"), cross_arm=True)
+    batched = evaluate(VllmBackend.around(lm, cross_arm=True), arms, tasks, ItemStore(stack["root"] / "batched"))
     batched_calls, calls[:] = len(calls), []
-    sequential = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "sequential"), cross_arm=False)
+    sequential = evaluate(VllmBackend.around(lm, cross_arm=False), arms, tasks, ItemStore(stack["root"] / "sequential"))
     assert batched_calls < len(calls)
     for key, items in sequential.items():
         fields = [(i.doc_id, i.metrics, i.response, i.choice_logprobs) for i in items]
@@ -153,7 +155,7 @@ def test_requests_are_built_once_per_run_and_score_as_simple_evaluate(stack, mon
         build = task.task.build_all_requests
         monkeypatch.setattr(task.task, "build_all_requests", lambda build=build, **kw: builds.append(1) or build(**kw))
     lm = SharedEngineLM(stack["engine"], arms[0])
-    ours = evaluate(lm, arms, tasks, ItemStore(stack["root"] / "built-once"), cross_arm=False)
+    ours = evaluate(VllmBackend.around(lm, cross_arm=False), arms, tasks, ItemStore(stack["root"] / "built-once"))
     assert len(builds) == len(tasks)  # not once per arm
     for arm in arms:  # lm-eval's own path: a fresh task, fresh requests for every (arm, task)
         for request in requests:
@@ -170,9 +172,9 @@ def test_chat_template_renders_stored_prompts_and_keys_the_store(stack):
     lm = SharedEngineLM(stack["engine"], base)
     request = TaskRequest("ifeval", "prompt_level_strict_acc", limit=2, max_gen_toks=16)
     store = ItemStore(stack["root"] / "chat")
-    evaluate(lm, [base], [resolve_task(request, stack["manager"])], store)
+    evaluate(VllmBackend.around(lm), [base], [resolve_task(request, stack["manager"])], store)
     chat = resolve_task(dataclasses.replace(request, chat_template=True), stack["manager"])
-    evaluate(lm, [base], [chat], store)  # must not reuse the plain items
+    evaluate(VllmBackend.around(lm), [base], [chat], store)  # must not reuse the plain items
     stored = {path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
               for path in store.root.rglob("ifeval-*/*.jsonl")}
     assert len(stored) == 2
@@ -196,10 +198,10 @@ def test_a_larger_limit_evaluates_only_the_new_items_in_sampled_order(stack, mon
     original = BuiltTask.score
     monkeypatch.setattr(BuiltTask, "score",
                         lambda self, model, ids: scored.append((model.arm.name, tuple(ids))) or original(self, model, ids))
-    first = evaluate(lm, arms, [small], store)
+    first = evaluate(VllmBackend.around(lm), arms, [small], store)
     assert sorted(n for _, ids in scored for n in [len(ids)]) == [3] * len(arms)
     scored.clear()
-    second = evaluate(lm, arms, [large], store)
+    second = evaluate(VllmBackend.around(lm), arms, [large], store)
     assert {arm for arm, _ in scored} == {a.name for a in arms}
     assert all(set(ids) == set(large.doc_ids()[3:]) for _, ids in scored)
     for arm in arms:

@@ -19,7 +19,9 @@ from release_gate.errors import BadInput
 from release_gate.evaluation.engine import Arm
 from release_gate.evaluation.runner import ResolvedTask, TaskRequest
 from release_gate.gate import boundaries, stats
-from release_gate.gate.decide import Design, decide, items_needed, run_gate
+from release_gate.gate.advice import items_needed
+from release_gate.gate.decide import decide, run_gate
+from release_gate.gate.looks import Design
 from release_gate.gate.rules import GateRule, TaskRule
 from release_gate.ledger import Ledger, gate_key
 
@@ -134,7 +136,7 @@ def test_a_live_guard_is_passed() -> None:
 
 
 def test_the_budget_warning_does_not_contradict_a_promote() -> None:
-    from release_gate.gate.decide import budget_warnings
+    from release_gate.gate.words import budget_warnings
 
     warning = budget_warnings(GUARD, {"g": 16}, 0.05)[0]
     assert "rarely pass" not in warning and "only if the variant changes few" in warning
@@ -232,8 +234,8 @@ def test_a_second_run_sees_the_first_runs_looks_from_the_ledger(tmp_path: Path) 
     assert ledger.runs == [] and ledger.design(first) == first
     one = run_gate(ledger.design(first), _fetch(scores), summaries=False)
     history = ledger.record(one, "/runs/one", "2026-12-03T18:00:00Z")
-    assert [h["look"] for h in history] == list(range(1, len(one.looks) + 1))
-    assert {h["run"] for h in history} == {"/runs/one"}
+    assert [h.look for h in history] == list(range(1, len(one.looks) + 1))
+    assert {h.run for h in history} == {"/runs/one"}
 
     raised = replace(first, limits={"t": 800})
     ledger = _open(tmp_path, raised)  # a later process: reads the file
@@ -244,7 +246,7 @@ def test_a_second_run_sees_the_first_runs_looks_from_the_ledger(tmp_path: Path) 
     two = run_gate(continued, _fetch(scores), summaries=False)
     history = ledger.record(two, "/runs/one", "2026-12-03T19:00:00Z")
     assert len(history) == len(one.looks) + len(two.looks)
-    assert two.looks[0]["look"] == len(one.looks) + 1
+    assert two.looks[0].look == len(one.looks) + 1
     document = json.loads(ledger.path.read_text())
     assert [r["limits"] for r in document["runs"]] == [{"t": 200}, {"t": 800}]
 

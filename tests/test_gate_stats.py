@@ -385,7 +385,7 @@ def test_sequential_records_every_look_and_stops_futile_arms() -> None:
     identical = decide({**scores, "abs_select": {"t": ones, "g": guard}}, TARGETS, GUARDS, GateRule(), ["abs_select"],
                        CONTROLS)
     assert identical.verdicts["abs_select"].status == "final"  # nothing differs: no trend, no early stop
-    assert len(d.looks) == 1 and d.looks[0]["n"] == {"t": 100, "g": 100}
+    assert len(d.looks) == 1 and d.looks[0].n == {"t": 100, "g": 100}
     assert d.evaluated["baseline"] == {"t": 100, "g": 100}
     assert d.outcome == "REJECT"
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from release_gate.cli import main
+from release_gate.document import DecisionDocument
 from release_gate.errors import BadInput
 from release_gate.reporting.outputs import write_outputs
 from release_gate.schema import DECISION_FILE, PROMOTED_DIR, RUN_MARKER
@@ -90,7 +91,7 @@ def test_promoted_is_never_replaced_or_withdrawn_when_it_is_the_runs_input(tmp_p
     rejected = json.loads((run / DECISION_FILE).read_text())
     as_input = {**rejected, "config": {**rejected["config"], "adapter": str(promoted)}}
     with pytest.raises(BadInput, match=f"{promoted}: the run's input {promoted} is there"):
-        write_outputs(run, as_input, {})
+        write_outputs(run, DecisionDocument.model_validate(as_input), {})
     with pytest.raises(BadInput, match="never replaces or removes it"):
         write_outputs(run, promote_in(as_input, "abs_select", "0" * 64), {"abs_select": tiny_adapter_dir})
     assert snapshot(promoted) == before

@@ -13,12 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "release_gate"
 
 #: The README's picture, lowest first: a module may import its own layer and the ones before it.
 LAYERS = [
-    {"errors", "constants", "files", "yamlio", "validation", "schema", "assets", "runlog"},
+    {"errors", "constants", "files", "yamlio", "validation", "schema", "document", "runlog"},
+    {"assets"},
     {"surgery"},
     {"evaluation"},
     {"gate"},
     {"reporting", "integrations", "ledger"},
     {"config"},
+    {"run_record"},
     {"pipeline"},
     {"embedded_demo", "api"},
     {"cli", "__init__"},

@@ -19,11 +19,14 @@ from mlflow import MlflowClient
 
 from release_gate.cli import main
 from release_gate.config import MlflowSection, load_run_config
+from release_gate.document import DecisionDocument, read_decision
 from release_gate.errors import BadInput
 from release_gate.integrations import mlflow_tracking
 from release_gate.schema import TRACKING_FILE
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run"
+#: The stored JSON, parsed as every reader parses it (the tests compare what MLflow logged with the JSON).
+parsed = DecisionDocument.model_validate
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -33,7 +36,7 @@ def test_a_reject_is_recorded_with_scores_and_artifacts_and_registers_nothing(tm
     document = json.loads((run_dir / "decision.json").read_text())
     settings = MlflowSection(tracking_uri=file_store, experiment="gates", registered_model="adapter",
                              tags={"team": "nlp"})
-    recorded = mlflow_tracking.record(mlflow_tracking.connect(settings), run_dir, document)
+    recorded = mlflow_tracking.record(mlflow_tracking.connect(settings), run_dir, parsed(document))
 
     assert json.loads((run_dir / TRACKING_FILE).read_text()) == recorded
     assert recorded["version"] is None and recorded["registered_model"] is None
@@ -64,7 +67,7 @@ def test_each_tasks_real_settings_and_every_criterions_evidence_are_logged(tmp_p
     document = json.loads((run_dir / "decision.json").read_text())
     document["config"]["guards"][0]["chat_template"] = True
     recorded = mlflow_tracking.record(mlflow_tracking.connect(MlflowSection(tracking_uri=file_store)), run_dir,
-                                      document)
+                                      parsed(document))
     run = MlflowClient(tracking_uri=file_store).get_run(recorded["run_id"])
     params, logged = run.data.params, run.data.metrics
     assert "evaluation.chat_template" not in params
@@ -93,7 +96,8 @@ def test_a_database_uri_works_with_full_mlflow_or_says_what_to_install(tmp_path)
         return
     run_dir = Path(shutil.copytree(FIXTURE_RUN, tmp_path / "run"))
     document = json.loads((run_dir / "decision.json").read_text())
-    recorded = mlflow_tracking.record(mlflow_tracking.connect(MlflowSection(tracking_uri=uri)), run_dir, document)
+    recorded = mlflow_tracking.record(mlflow_tracking.connect(MlflowSection(tracking_uri=uri)), run_dir,
+                                      parsed(document))
     assert MlflowClient(tracking_uri=uri).get_run(recorded["run_id"]).info.status == "FINISHED"
 
 
@@ -105,8 +109,7 @@ def test_the_readme_example_records_as_the_readme_says(tmp_path, base_config, mo
     settings = load_run_config(path).tracking.mlflow
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     run_dir = Path(shutil.copytree(FIXTURE_RUN, tmp_path / "run"))
-    recorded = mlflow_tracking.record(mlflow_tracking.connect(settings), run_dir,
-                                      json.loads((run_dir / "decision.json").read_text()))
+    recorded = mlflow_tracking.record(mlflow_tracking.connect(settings), run_dir, read_decision(run_dir))
     assert recorded["tracking_uri"] == (tmp_path / "mlruns").as_uri() and (tmp_path / "mlruns").is_dir()
 
 
@@ -115,7 +118,7 @@ def test_a_second_run_lands_in_the_same_experiment(tmp_path, file_store):
     ids = set()
     for name in ("a", "b"):
         shutil.copytree(FIXTURE_RUN, tmp_path / name)
-        document = json.loads((tmp_path / name / "decision.json").read_text())
+        document = read_decision(tmp_path / name)
         ids.add(mlflow_tracking.record(mlflow_tracking.connect(settings), tmp_path / name, document)["experiment_id"])
     assert len(ids) == 1
 

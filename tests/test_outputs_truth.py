@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
+from release_gate.document import DecisionDocument
 from release_gate.files import directory_sha256
 from release_gate.gate.decide import decide
 from release_gate.gate.rules import GateRule, TaskRule
@@ -33,7 +34,7 @@ TARGET, GUARD = "commonsense_qa_heldout", "ifeval"
 VARIANTS, CONTROLS = ["abs_select", "grad_direction"], ["random_index@0", "random_index@1"]
 
 
-def point_promote(tmp_path: Path, tiny_adapter_dir: Path) -> tuple[Path, dict, dict]:
+def point_promote(tmp_path: Path, tiny_adapter_dir: Path) -> tuple[Path, DecisionDocument, dict]:
     """A PROMOTE on point estimates that no test would back: +2.5 pts on 40 items (2 gained, 1 lost) and a
     guard unchanged. Returns the run dir, the document and its variant dirs."""
     rng = np.random.default_rng(0)
@@ -52,9 +53,8 @@ def point_promote(tmp_path: Path, tiny_adapter_dir: Path) -> tuple[Path, dict, d
     run_dir = Path(shutil.copytree(FIXTURE_RUN, tmp_path / "run"))
     variant = Path(shutil.copytree(tiny_adapter_dir, run_dir / "variants" / "abs_select", dirs_exist_ok=True))
     stored = json.loads((run_dir / DECISION_FILE).read_text())
-    document = promote_in({**stored, **decision.to_json()}, "abs_select", directory_sha256(variant, ADAPTER_FILES))
-    document["reasons"] = decision.reasons
-    return run_dir, document, {"abs_select": variant}
+    document = promote_in({**stored, **decision.document_fields()}, "abs_select", directory_sha256(variant, ADAPTER_FILES))
+    return run_dir, document.model_copy(update={"reasons": decision.reasons}), {"abs_select": variant}
 
 
 def test_a_point_mode_promote_claims_no_confidence_it_does_not_have(tmp_path, tiny_adapter_dir):

@@ -23,6 +23,7 @@ from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 
 from release_gate.config import MlflowSection
+from release_gate.document import DecisionDocument
 from release_gate.files import directory_sha256
 from release_gate.integrations import mlflow_tracking
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release
@@ -49,7 +50,8 @@ def release(tmp_path, tiny_adapter_dir) -> dict:
     config = json.loads((variant / CONFIG_FILE).read_text())
     (variant / CONFIG_FILE).write_text(json.dumps({**config, "base_model_name_or_path": BASE}))
     promoted = promote_in(rejected, arm, directory_sha256(variant, ADAPTER_FILES))
-    return {"run": run_dir, "arm": arm, "variant": variant, "promote": promoted, "reject": rejected}
+    return {"run": run_dir, "arm": arm, "variant": variant, "promote": promoted,
+            "reject": DecisionDocument.model_validate(rejected)}
 
 
 def test_a_promote_is_served_and_a_later_reject_withdraws_it(release, gate_keys):
@@ -84,11 +86,11 @@ def test_the_promoted_model_card_is_a_hub_card_without_local_paths(release):
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert {"release-gate", "spectral-surgery", "lora"} <= set(card.data.tags)
     document = release["promote"]
-    scores = document["arms"][release["arm"]]["scores"]
+    scores = document.arms[release["arm"]].scores
     results = {r.task_name: r.metric_value for r in card.data.eval_results}
-    assert results == pytest.approx({task: round(s["mean"], 6) for task, s in scores.items()})
+    assert results == pytest.approx({task: round(s.mean, 6) for task, s in scores.items()})
     assert card.data.model_name == release["arm"]
-    for local in (str(Path.home()), "/tmp/", document["config"]["adapter"]):
+    for local in (str(Path.home()), "/tmp/", document.config["adapter"]):
         assert local not in text, local
 
 
@@ -103,6 +105,6 @@ def test_mlflow_registers_the_promoted_adapter_under_its_alias(release, file_sto
     assert str(version.version) == recorded["version"] and version.run_id == recorded["run_id"]
     mlflow_run = client.get_run(recorded["run_id"])
     assert mlflow_run.data.metrics["promoted"] == 1
-    assert mlflow_run.data.tags["release_gate.promoted_sha256"] == document["promoted"]["sha256"]
+    assert mlflow_run.data.tags["release_gate.promoted_sha256"] == document.promoted.sha256
     logged = {a.path for a in client.list_artifacts(recorded["run_id"], PROMOTED_DIR)}  # the version's source
     assert logged == {f"{PROMOTED_DIR}/{name}" for name in (*PROMOTED_FILES, MODEL_CARD_FILE, DECISION_FILE)}

@@ -152,7 +152,7 @@ def test_model_outputs_and_task_names_render_as_text(run_dir: Path) -> None:
 
 def test_promote_highlights_the_winner(run_dir: Path) -> None:
     winner = next(iter(read(run_dir)["variants"]))
-    document = promote_in(read(run_dir), winner, "0" * 64)
+    document = promote_in(read(run_dir), winner, "0" * 64).to_json()
     write(run_dir, document)
     with open_report(render_report(run_dir)) as opened:
         page = opened.page

@@ -98,7 +98,7 @@ def lora_alpha_times_50_and_hash_updated(releases: Path) -> str:
 def reject_edited_to_promote_the_control(releases: Path, signature: Path | None = None) -> str:
     run = releases / "rejected"
     control = run / "variants" / CONTROL
-    edit_json(run / DECISION_FILE, lambda d: d.update(promote_in(d, CONTROL, sha(control))))
+    edit_json(run / DECISION_FILE, lambda d: d.update(promote_in(d, CONTROL, sha(control)).to_json()))
     shutil.copytree(control, run / PROMOTED_DIR)
     shutil.copyfile(run / DECISION_FILE, run / PROMOTED_DIR / DECISION_FILE)
     if signature is not None:

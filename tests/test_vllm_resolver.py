@@ -20,6 +20,7 @@ from vllm.lora.resolver import LoRAResolverRegistry
 
 from release_gate.assets import fetch
 from release_gate.cli import main
+from release_gate.document import DecisionDocument
 from release_gate.files import directory_sha256
 from release_gate.integrations import vllm_resolver
 from release_gate.integrations.releases import ADAPTER_FILES, Trust, check_release, is_safe_name
@@ -44,12 +45,12 @@ BASE = "/models/base"
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run"
 
 
-def gate_decision(outcome: str, arm: str, sha256: str | None) -> dict:
+def gate_decision(outcome: str, arm: str, sha256: str | None) -> DecisionDocument:
     """A real run's ``decision.json`` (the committed fixture) with ``outcome``; a PROMOTE names ``arm``."""
     document = json.loads((FIXTURE_RUN / "decision.json").read_text())
     if outcome == "PROMOTE":
         return promote_in(document, arm, sha256)
-    return {**document, "outcome": outcome, "promoted": None}
+    return DecisionDocument.model_validate({**document, "outcome": outcome, "promoted": None})
 
 
 def edit_decision(entry: Path, **fields) -> None:
@@ -68,7 +69,7 @@ def publish(release_dir: Path, name: str, adapter: Path, key: Path | None, *, ou
     document = gate_decision(outcome, "abs_select", directory_sha256(adapter, ADAPTER_FILES))
     if flat:
         shutil.copytree(adapter, entry, dirs_exist_ok=True)
-        (entry / "decision.json").write_text(json.dumps(document))
+        (entry / "decision.json").write_text(json.dumps(document.to_json()))
         if key is not None:
             sign_directory(entry, key)
     else:
@@ -182,7 +183,7 @@ def refuse_inconclusive(entry: Path) -> None:
     (refuse_future_schema, r"^decision.json schema_version 3 is not 2 "),
     (refuse_release_gate_0_1, r"^decision.json schema_version 1 is not 2 \(decisions of release-gate 0.1 are not served"),
     (refuse_broken_json, "^unreadable decision.json: "),
-    (refuse_promote_without_hash, "^PROMOTE decision.json names no promoted.sha256$"),
+    (refuse_promote_without_hash, "^decision.json does not follow its schema: promoted.sha256: "),
     (refuse_missing_weights, r"^no adapter files \(adapter_config.json, adapter_model.safetensors\)"),
     (refuse_tampered_weights, "^bad signature: changed since signing: adapter_model.safetensors$"),
     (refuse_tampered_config, "^bad signature: changed since signing: adapter_config.json$"),

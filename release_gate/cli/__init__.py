@@ -14,10 +14,22 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ReleaseGateError
-from . import assets, config_schema, demo, edit, inspect, lm_eval, policies, report, run, serve_args
+from . import (
+    assets,
+    config_schema,
+    decision_schema,
+    demo,
+    edit,
+    inspect,
+    lm_eval,
+    policies,
+    report,
+    run,
+    serve_args,
+)
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (assets, policies, inspect, edit, run, report, demo, serve_args, lm_eval, config_schema)
+COMMANDS = (assets, policies, inspect, edit, run, report, demo, serve_args, lm_eval, config_schema, decision_schema)
 LOGGER = "release_gate"
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ReleaseGateError
-from ..schema import EXIT_CODES, PROMOTED_DIR, REPORT_FILE, SUMMARY_FILE
+from ..schema import PROMOTED_DIR, REPORT_FILE, SUMMARY_FILE
 
 
 def _inputs() -> dict[str, str]:
@@ -44,13 +44,13 @@ def main() -> int:
         _write("GITHUB_STEP_SUMMARY", f"## release-gate: **ERROR**\n\n```\n{exc}\n```\n")
         return 0 if report_only else exc.exit_code
     document = result.document
-    promoted = document.get("promoted") or {}
-    code = EXIT_CODES[document["outcome"]]
-    _write("GITHUB_OUTPUT", f"outcome={document['outcome']}\npromoted-sha256={promoted.get('sha256', '')}\n"
+    promoted = document.promoted
+    code = result.exit_code
+    _write("GITHUB_OUTPUT", f"outcome={document.outcome}\npromoted-sha256={promoted.sha256 if promoted else ''}\n"
                             f"report={run_dir / REPORT_FILE}\nrun-dir={run_dir}\nexit-code={code}\n"
                             f"promoted-dir={run_dir / PROMOTED_DIR if promoted else ''}\n")
     _write("GITHUB_STEP_SUMMARY", (run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-    print(f"release-gate: {document['outcome']}" + (f" {promoted['arm']}" if promoted else "") +
+    print(f"release-gate: {document.outcome}" + (f" {promoted.arm}" if promoted else "") +
           f" (report: {run_dir / REPORT_FILE})")
     return 0 if report_only else code
 

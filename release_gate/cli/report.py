@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..document import read_decision
     from ..reporting.render import render_report
-    from ..schema import read_decision
 
     read_decision(args.run_dir)  # a clear error for a directory that is not a finished run
     print(f"report: {render_report(args.run_dir)}")

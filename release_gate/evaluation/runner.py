@@ -1,11 +1,10 @@
-"""Evaluate every arm on every task through one shared engine, resuming from the store.
+"""Tasks as lm-eval loads and scores them, for every backend: loaded once, built once per chunk.
 
-lm-eval builds requests and scores items; the runner asks it for one chunk
-of at most ``CHUNK_ITEMS`` items of one (arm, task) at a time, so each
-finished chunk is stored at once, and answers items already in the store
-without touching the engine. Each task is loaded once (:func:`resolve_task`)
-and its requests are built once per chunk for every arm (:class:`BuiltTask`):
-only the answers differ between arms.
+lm-eval builds requests and scores items; a backend only answers the requests
+(:mod:`.protocol`). Each task is loaded once (:func:`resolve_task`) and its
+requests are built once per chunk of at most ``CHUNK_ITEMS`` items for every
+arm (:class:`BuiltTask`): only the answers differ between arms. The loop that
+answers from the store first and scores the rest is :mod:`.scoring`.
 """
 
 from __future__ import annotations
@@ -16,17 +15,15 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 from ..constants import CHUNK_ITEMS
-from ..errors import BadInput, RuntimeFailure
+from ..errors import BadInput
 from ..files import content_key
-from .backend import SharedEngineLM
 from .engine import Arm
-from .progress import Progress, progress_or_own
 from .store import Item, ItemStore
 from .tasks import CODE_TASKS, dangling_include
 
@@ -328,88 +325,3 @@ def stored_items(store: ItemStore, arm: Arm, task: BuiltTask, template: str | No
         found.update((d, item) for d, item in store.load(arm, task.resolved.request.name, key, engine_key).items()
                      if d in wanted)
     return found
-
-
-def evaluate(
-    lm: SharedEngineLM, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
-    sizes: Mapping[str, int] | None = None, cross_arm: bool = True, template: str | None = None,
-    progress: Progress | None = None, engine_key: str | None = None,
-) -> dict[tuple[str, str], list[Item]]:
-    """Scores of every arm on the first ``sizes[task]`` items of every task, evaluating only what the store lacks.
-
-    Returns items by (arm, task) in sampled order. Items are scored in :func:`chunks` of at most
-    ``CHUNK_ITEMS``, and each (arm, chunk) is stored as soon as it is scored, so a kill loses at most
-    one chunk per arm. With ``cross_arm`` the arms missing the same items of a chunk share engine
-    calls (one ``generate`` with a per-prompt LoRA list). A task whose request says ``chat_template``
-    has its prompts rendered with the tokenizer's chat template (``template``; instruct models, e.g.
-    IFEval), which is part of its store key. ``progress`` (the caller's, across looks) counts
-    arm × items; without one, this call shows its own. ``engine_key`` (default: ``lm``'s engine settings)
-    lets a caller whose engine is started on demand look up the store without starting it.
-    """
-    engine_key = engine_key or lm.engine.settings.key()
-    if any(t.request.chat_template for t in tasks) and template is None:
-        template = str(lm.tokenizer.chat_template)
-    wanted = {t.request.name: t.doc_ids((sizes or {}).get(t.request.name)) for t in tasks}
-    expected = {(a.name, task): len(ids) for a in arms for task, ids in wanted.items()}
-    with progress_or_own(progress, expected) as progress:
-        out: dict[tuple[str, str], list[Item]] = {}
-        for resolved in tasks:
-            name = resolved.request.name
-            task = BuiltTask(resolved)
-            stored = {arm.name: stored_items(store, arm, task, template, wanted[name], engine_key) for arm in arms}
-            for arm in arms:
-                progress.add(arm.name, name, stored[arm.name], scored=False)
-            for chunk in chunks(wanted[name]):
-                _complete_chunk(lm, task, chunk, arms, store, (name, task.store_key(template, chunk), engine_key),
-                                stored, cross_arm, progress)
-            for arm in arms:
-                out[(arm.name, name)] = [stored[arm.name][d] for d in wanted[name] if d in stored[arm.name]]
-                if len(out[(arm.name, name)]) != len(wanted[name]):
-                    raise RuntimeFailure(f"{arm.name} / {name}: lm-eval returned {len(out[(arm.name, name)])} of "
-                                         f"{len(wanted[name])} items")
-    return out
-
-
-def _complete_chunk(lm: SharedEngineLM, task: BuiltTask, chunk: list[int], arms: Sequence[Arm], store: ItemStore,
-                    where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool,
-                    progress: Progress) -> None:
-    """Score what the arms lack of ``chunk``, under the store's locks: another run on this store may be
-    scoring the same chunk, and its items are read rather than scored twice."""
-    name = where[0]
-    lacking = [arm for arm in arms if any(d not in stored[arm.name] for d in chunk)]
-    if not lacking:
-        return
-    with store.locked(lacking, *where):
-        for arm in lacking:
-            found = {d: item for d, item in store.load(arm, *where).items() if d in chunk}
-            stored[arm.name].update(found)
-            progress.add(arm.name, name, found, scored=False)
-        missing = {arm.name: [d for d in chunk if d not in stored[arm.name]] for arm in lacking}
-        if task.resolved.random_fewshot:  # prompts depend on the whole chunk: it is built and stored whole
-            missing = {arm: list(chunk) if ids else [] for arm, ids in missing.items()}
-        for ids, group in _groups(lacking, missing).items():
-            _score_chunk(lm, task, ids, group, store, where, stored, cross_arm, progress)
-
-
-def _score_chunk(lm: SharedEngineLM, task: BuiltTask, chunk: tuple[int, ...], group: list[Arm], store: ItemStore,
-                 where: tuple[str, str, str], stored: dict[str, dict[int, Item]], cross_arm: bool,
-                 progress: Progress) -> None:
-    """Score ``chunk`` for every arm of ``group`` (one engine pass with cross-arm batching) and store each arm's items."""
-    name = where[0]
-    shared = lm.batched_with(tuple(group)) if cross_arm and len(group) > 1 else lm
-    logger.debug("%s: %d new items for %s", name, len(chunk), ", ".join(a.name for a in group))
-    for arm in group:
-        with progress.scoring(f"{arm.name} / {name}"):
-            items = task.score(shared.for_arm(arm), chunk)
-        store.save(arm, *where, items)
-        stored[arm.name].update({i.doc_id: i for i in items})
-        progress.add(arm.name, name, (i.doc_id for i in items), scored=True)
-
-
-def _groups(arms: Sequence[Arm], missing: Mapping[str, list[int]]) -> dict[tuple[int, ...], list[Arm]]:
-    """Arms that lack exactly the same items, by those items (arms lacking nothing are left out)."""
-    groups: dict[tuple[int, ...], list[Arm]] = {}
-    for arm in arms:
-        if missing[arm.name]:
-            groups.setdefault(tuple(missing[arm.name]), []).append(arm)
-    return groups

@@ -1,16 +1,16 @@
-"""Scores on demand, one look at a time: from the store when present, else from one engine (or a server).
+"""Scores on demand, one look at a time: from the store when present, else from the backend.
 
 The gate asks for "these arms on the first n items of every task"; the session answers from the item
-store and evaluates only what is missing. The engine starts on the first request that needs it (a
-run whose every item is stored starts none), runs the probe canary once, and serves every later look;
-the per-item canary runs on the first answer that holds both base and baseline.
+store and has the backend (:mod:`.protocol`: the in-process engine, servers, or a third party's)
+evaluate only what is missing. The backend starts on the first request that needs it (a run whose
+every item is stored starts none) and runs the probe canary once; the per-item canary runs on the
+first answer that holds both base and baseline.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +18,29 @@ import numpy as np
 
 from ..errors import ReleaseGateError, RuntimeFailure
 from ..files import content_key, read_json, write_json_atomic
-from ..runlog import engine_output
 from ..schema import BASE, BASELINE
-from .engine import Arm, EngineSettings
+from .engine import Arm
 from .progress import Progress
-from .runner import ResolvedTask
+from .protocol import EvaluationBackend
+from .runner import BuiltTask, ResolvedTask, stored_items
+from .scoring import evaluate
 from .store import Item, ItemStore
 
 logger = logging.getLogger(__name__)
 
 
 class EvaluationSession:
-    """Per-item scores for the gate's looks; use as a context manager (the engine stops on exit)."""
+    """Per-item scores for the gate's looks; use as a context manager (the backend is closed on exit)."""
 
-    def __init__(self, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore, *,
-                 settings: EngineSettings | None = None, server: Any = None, batch_size: int = 64,
-                 cross_arm: bool = True) -> None:
+    def __init__(self, arms: Sequence[Arm], tasks: Sequence[ResolvedTask], store: ItemStore,
+                 backend: EvaluationBackend) -> None:
         self.arms = {a.name: a for a in arms}
         self.tasks = {t.request.name: t for t in tasks}
-        self.store, self.settings, self.server = store, settings, server
-        self.batch_size, self.cross_arm = batch_size, cross_arm
+        self.store, self.backend = store, backend
         self.items: dict[tuple[str, str], list[Item]] = {}
-        self.canary: dict[str, Any] = {"probe": "not run in server mode (per-item check only)"} if server else {}
-        self._engine: Any = None
-        self._lm: Any = None
+        self.canary: dict[str, Any] = {}
+        self._started = False
         self._checked = False
-        self._template: str | None = None
         self._progress: Progress | None = None
 
     def __enter__(self) -> EvaluationSession:
@@ -52,16 +49,12 @@ class EvaluationSession:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.close()
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        self.backend.close()
 
     @property
     def record(self) -> dict[str, Any]:
         """What scored the items (recorded in decision.json)."""
-        if self.server is not None:
-            return {"server": {"url": self.server.url, "model": self.server.model, "tokenizer": self.server.tokenizer}}
-        return asdict(self.settings)
+        return self.backend.record
 
     # --- the gate's fetch callback -----------------------------------------------------------------------
 
@@ -96,25 +89,19 @@ class EvaluationSession:
 
     def _evaluate(self, arms: list[Arm], sizes: dict[str, int]) -> dict[tuple[str, str], list[Item]]:
         tasks = list(self.tasks.values())
-        if self.server is not None:
-            from . import server as server_mode
-
-            return server_mode.evaluate(self.server, arms, tasks, self.store, sizes, self.progress)
         stored = self._from_store(arms, tasks, sizes)
         if stored is not None and self._canary_file().is_file():
             self.canary = self.canary or read_json(self._canary_file())
             for (arm, task), items in stored.items():
                 self.progress.add(arm, task, (i.doc_id for i in items), scored=False)
             return stored
-        return self._on_engine(arms, tasks, sizes)
+        return self._scored(arms, tasks, sizes)
 
     def _from_store(self, arms: list[Arm], tasks: list[ResolvedTask], sizes: dict[str, int]
                     ) -> dict[tuple[str, str], list[Item]] | None:
         """Every requested item from the store, or None when anything is missing."""
-        from .runner import BuiltTask, stored_items
-
         out = {}
-        engine_key = self.settings.key()
+        engine_key = self.backend.store_key()
         for task in tasks:
             name = task.request.name
             wanted = task.doc_ids(sizes.get(name))
@@ -127,68 +114,38 @@ class EvaluationSession:
         return out
 
     def template(self) -> str | None:
-        """The chat template that renders prompts (part of the store key), read from the tokenizer."""
-        if not any(t.request.chat_template for t in self.tasks.values()):
-            return None
-        if self._template is None:
-            from transformers import AutoTokenizer
+        """The chat template that renders prompts (part of the store key), when a task asks for one."""
+        return self.backend.template() if any(t.request.chat_template for t in self.tasks.values()) else None
 
-            self._template = str(AutoTokenizer.from_pretrained(self.settings.model).chat_template)
-        return self._template
-
-    def _on_engine(self, arms: list[Arm], tasks: list[ResolvedTask], sizes: dict[str, int]
-                   ) -> dict[tuple[str, str], list[Item]]:
-        from .runner import evaluate
-
+    def _scored(self, arms: list[Arm], tasks: list[ResolvedTask], sizes: dict[str, int]
+                ) -> dict[tuple[str, str], list[Item]]:
         try:
-            items = evaluate(OnDemand(self._start), arms, tasks, self.store, sizes, cross_arm=self.cross_arm,
-                             template=self.template(), progress=self.progress, engine_key=self.settings.key())
+            items = evaluate(self.backend, arms, tasks, self.store, sizes, progress=self.progress,
+                             template=self.template(), start=self._start)
         except ReleaseGateError:
             raise
-        except Exception as exc:  # engine death and the like: keep vLLM's cause, say what survives
+        except Exception as exc:  # engine or server death and the like: keep the cause, say what survives
             raise RuntimeFailure(f"evaluation failed: {type(exc).__name__}: {exc}; every finished chunk of items "
                                  f"is kept in {self.store.root}: run again with --resume to continue") from exc
-        if self._lm is None:  # another run scored every missing item while this one waited on the store's locks
+        if not self._started:  # another run scored every missing item while this one waited on the store's locks
             self.canary = self.canary or read_json(self._canary_file()) or {
                 "probe": "not run: every item was scored by another run on this store"}
         return items
 
-    def _start(self) -> Any:
-        """The engine and its lm-eval model, started once; the probe canary runs (and is recorded) here."""
-        if self._lm is not None:
-            return self._lm
-        from . import canary
-        from .backend import SharedEngineLM
-        from .engine import Engine
-
-        logger.info("starting the vLLM engine for %d arms (%s)", len(self.arms), self.settings.model)
-        with engine_output():  # its processes print into the run's log file
-            self._engine = Engine(self.settings)
-        arms = list(self.arms.values())
-        base, baseline = self.arms[BASE], self.arms[BASELINE]
-        report = canary.check(self._engine, base, baseline, [a for a in arms if a.name not in (BASE, BASELINE)])
-        self.canary = report.to_json()
+    def _start(self) -> None:
+        """The backend, started once; the probe canary runs (and is recorded beside the store) here."""
+        if self._started:
+            return
+        logger.info("starting the %s backend for %d arms", self.backend.name, len(self.arms))
+        self.backend.start()
+        self._started = True
+        self.canary = self.backend.probe(list(self.arms.values()))
         self._canary_file().parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self._canary_file(), self.canary)
-        self._lm = SharedEngineLM(self._engine, base, batch_size=self.batch_size)
-        return self._lm
 
     def _canary_file(self) -> Path:
-        return self.store.root / f"canary-{content_key([self.settings.key(), sorted(a.sha256 for a in self.arms.values())])}.json"
-
-
-class OnDemand:
-    """The session's lm-eval model as :func:`.runner.evaluate` sees it, started on first use.
-
-    A run that waits on the store's locks while another run scores the same items finds them stored
-    and starts no engine (two runs on one cache held two engines, one of them idle).
-    """
-
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._start = start
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._start(), name)
+        arms = sorted(a.sha256 for a in self.arms.values())
+        return self.store.root / f"canary-{content_key([self.backend.store_key(), arms])}.json"
 
 
 def check_applied(items: Mapping[tuple[str, str], list[Item]], tasks: Sequence[str]) -> None:

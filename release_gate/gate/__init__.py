@@ -1,1 +1,1 @@
-"""The gate: paired statistics, the decision rule, and the run's outputs (SPEC §7–§8)."""
+"""The gate: paired statistics, the looks, the decision rule and its words (SPEC §7); no outputs, no report."""

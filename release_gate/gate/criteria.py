@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from ..schema import BASE, BASELINE, CONTROL_MEAN, REWARD, Status
+from ..document import ComparisonRecord, CriterionRecord, VerdictRecord
+from ..schema import BASE, BASELINE, CONTROL_MEAN, REWARD, Status, rank_key
 from .evidence import Evidence, judge, paired_data
 from .rules import GateRule, TaskRule
 
@@ -83,12 +83,12 @@ class Comparison:
     evidence: Evidence
     alpha: float
 
-    def to_json(self) -> dict[str, Any]:
+    def record(self) -> ComparisonRecord:
         e = self.evidence
-        return {"arm": self.arm, "reference": self.reference, "task": self.task, "delta": e.delta,
-                "se": finite(e.se), "lcb": finite(e.lower(self.alpha)), "ucb": finite(e.upper(self.alpha)),
-                "p_value": e.p_value(0.0), "n": e.n, "discordant": e.discordant, "test": e.test.name,
-                "method": e.test.method}
+        return ComparisonRecord(arm=self.arm, reference=self.reference, task=self.task, delta=e.delta,
+                                se=finite(e.se), lcb=finite(e.lower(self.alpha)), ucb=finite(e.upper(self.alpha)),
+                                p_value=e.p_value(0.0), n=e.n, discordant=e.discordant, test=e.test.name,
+                                method=e.test.method)
 
 
 @dataclass
@@ -145,13 +145,13 @@ class Criterion:
                     f"({shown}, budget ≥ {pts(self.threshold)})")
         return f"target reward {pts(self.estimate)} pts vs {self.reference} ({shown}, needs > {pts(self.threshold)})"
 
-    def to_json(self) -> dict[str, Any]:
+    def record(self) -> CriterionRecord:
         e = self.evidence
-        return {"id": self.id, "task": self.task, "reference": self.reference, "estimate": e.delta,
-                "se": finite(e.se), "lcb": finite(self.lcb), "threshold": self.threshold, "level": self.level,
-                "p_value": self.p_value, "passed": self.passed, "passed_point": self.passed_point,
-                "n": e.n, "discordant": e.discordant, "test": e.test.name, "method": e.test.method,
-                "anytime": self.anytime, "text": self.text()}
+        return CriterionRecord(id=self.id, task=self.task, reference=self.reference, estimate=e.delta,
+                               se=finite(e.se), lcb=finite(self.lcb), threshold=self.threshold, level=self.level,
+                               p_value=self.p_value, passed=self.passed, passed_point=self.passed_point,
+                               n=e.n, discordant=e.discordant, test=e.test.name, method=e.test.method,
+                               anytime=self.anytime, text=self.text())
 
 
 @dataclass
@@ -200,12 +200,16 @@ class Verdict:
         on_confidence = [c for c in self.criteria if c.passed_point and not c.passed]
         return on_point, on_confidence
 
-    def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "passed_point": self.passed_point, "status": self.status,
-                "look": self.look + 1, "fraction": self.fraction, "n": self.n, "p_value": self.p_value,
-                "p_adjusted": self.p_adjusted, "level": finite(self.level), "boundary": finite(self.boundary),
-                "reward": self.reward, "worst_guard_drop": self.worst_guard_drop, "note": self.note,
-                "criteria": [c.to_json() for c in self.criteria]}
+    def rank(self) -> tuple[float, float, str]:
+        """The gate's order of variants (:func:`..schema.rank_key`)."""
+        return rank_key(self.reward, self.worst_guard_drop, self.arm)
+
+    def record(self) -> VerdictRecord:
+        return VerdictRecord(passed=self.passed, passed_point=self.passed_point, status=self.status,
+                             look=self.look + 1, fraction=self.fraction, n=self.n, p_value=self.p_value,
+                             p_adjusted=self.p_adjusted, level=finite(self.level), boundary=finite(self.boundary),
+                             reward=self.reward, worst_guard_drop=self.worst_guard_drop, note=self.note,
+                             criteria=[c.record() for c in self.criteria])
 
 
 @dataclass(frozen=True)

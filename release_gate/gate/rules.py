@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import AfterValidator
 
+from ..schema import TaskRole
 from ..validation import Flag, Number, Section, check
 
 
@@ -27,7 +28,7 @@ class TaskRule:
 
     name: str
     metric: str
-    role: str
+    role: TaskRole
     weight: float = 1.0
     max_drop: float | None = None
     higher_is_better: bool = True

@@ -1,1 +1,1 @@
-"""Integrations that enforce the gate inside other tools (vLLM's LoRA resolver plugin)."""
+"""Integrations that enforce or record the gate in other tools: vLLM's LoRA resolver, serve-args, signing, MLflow."""

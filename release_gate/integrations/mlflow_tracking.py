@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..document import DecisionDocument
 from ..errors import BadInput
 from ..files import write_json_atomic
 from ..schema import (
+    BASELINE,
     DECISION_FILE,
     JUNIT_FILE,
     PROMOTED_DIR,
@@ -89,7 +91,7 @@ def connect(settings: Any) -> Tracker:
     return Tracker(client, settings, uri)
 
 
-def record(tracker: Tracker, run_dir: Path, document: dict[str, Any]) -> dict[str, Any]:
+def record(tracker: Tracker, run_dir: Path, document: DecisionDocument) -> dict[str, Any]:
     """Log one finished gate run; register the promoted adapter on PROMOTE. Returns what was recorded.
 
     What was recorded (run id, experiment, model version) is also written to ``tracking.json`` in the
@@ -106,7 +108,7 @@ def record(tracker: Tracker, run_dir: Path, document: dict[str, Any]) -> dict[st
             if (Path(run_dir) / name).is_file():
                 client.log_artifact(run_id, str(Path(run_dir) / name), ARTIFACT_DIR)
         version = None
-        if document["outcome"] == Outcome.PROMOTE:
+        if document.promoted is not None:
             client.log_artifacts(run_id, str(Path(run_dir) / PROMOTED_DIR), PROMOTED_DIR)
             if settings.registered_model:
                 version = _register(client, settings, run, document)
@@ -123,37 +125,40 @@ def record(tracker: Tracker, run_dir: Path, document: dict[str, Any]) -> dict[st
     return recorded
 
 
-def run_tags(document: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
+def run_tags(document: DecisionDocument, extra: dict[str, str]) -> dict[str, str]:
     """The run's tags: the outcome and what it is about (searchable: ``tags.release_gate.outcome = 'PROMOTE'``)."""
-    promoted = document.get("promoted") or {}
-    provenance = document["provenance"]
-    tags = {"release_gate.outcome": str(document["outcome"]),
-            "release_gate.promoted_arm": promoted.get("arm", ""),
-            "release_gate.promoted_sha256": promoted.get("sha256", ""),
-            "release_gate.adapter_sha256": provenance["adapter_sha256"],
-            "release_gate.version": str(provenance.get("release_gate", "")),
-            "release_gate.reason": document["reasons"][0][:5000]}
+    promoted = document.promoted
+    provenance = document.provenance
+    tags = {"release_gate.outcome": str(document.outcome),
+            "release_gate.promoted_arm": promoted.arm if promoted else "",
+            "release_gate.promoted_sha256": promoted.sha256 if promoted else "",
+            "release_gate.adapter_sha256": provenance.adapter_sha256,
+            "release_gate.version": provenance.release_gate or "",
+            "release_gate.reason": document.reasons[0][:5000]}
     return {**tags, **extra}
 
 
-def params(document: dict[str, Any]) -> dict[str, str]:
-    """The settings that decide the verdict, flattened to ``section.key`` (lists as JSON-ish text)."""
-    config = document["config"]
-    flat = {"base_model": config["base_model"], "adapter_sha256": document["provenance"]["adapter_sha256"],
+def params(document: DecisionDocument) -> dict[str, str]:
+    """The settings that decide the verdict, flattened to ``section.key`` (lists as JSON-ish text).
+
+    The config is the one part of the document kept as the config's own JSON (``release-gate config-schema``).
+    """
+    config = document.config
+    flat = {"base_model": config["base_model"], "adapter_sha256": document.provenance.adapter_sha256,
             "policies": ",".join(name for name, _ in config["policies"]),
             "controls.seeds": ",".join(str(s) for s in config["controls"]["seeds"])}
-    for name, value in document["gate"].items():
+    for name, value in document.gate.model_dump().items():
         flat[f"gate.{name}"] = value
     for name in ("dtype", "sample_seed"):
         flat[f"evaluation.{name}"] = config["evaluation"][name]
     chat = task_chat_templates(config)
-    for task, spec in document["tasks"].items():
-        flat[f"task.{task}.role"] = spec["role"]
-        flat[f"task.{task}.metric"] = spec["metric"]
-        flat[f"task.{task}.limit"] = spec.get("limit")
+    for task, spec in document.tasks.items():
+        flat[f"task.{task}.role"] = spec.role
+        flat[f"task.{task}.metric"] = spec.metric
+        flat[f"task.{task}.limit"] = spec.limit
         flat[f"task.{task}.chat_template"] = chat.get(task)
-        if spec.get("max_drop") is not None:
-            flat[f"task.{task}.max_drop"] = spec["max_drop"]
+        if spec.max_drop is not None:
+            flat[f"task.{task}.max_drop"] = spec.max_drop
     return {key(name): str(value)[:6000] for name, value in flat.items()}
 
 
@@ -164,32 +169,31 @@ def task_chat_templates(config: dict[str, Any]) -> dict[str, bool]:
             for entry in (*config["targets"], *config["guards"])}
 
 
-def metrics(document: dict[str, Any]) -> dict[str, float]:
+def metrics(document: DecisionDocument) -> dict[str, float]:
     """The evidence as numbers: every arm's score per task with its confidence interval, each variant's Δ vs
     the baseline with its bounds and p-value, every criterion's estimate, bound, threshold and p-value, each
     variant's p-value, reward and pass, and ``promoted`` (0/1). Unbounded values (±∞ bounds) are left out."""
-    values: dict[str, float | None] = {"promoted": float(document["outcome"] == Outcome.PROMOTE)}
-    for arm, record in document["arms"].items():
-        for task, score in record["scores"].items():
-            for field, name in (("mean", "score"), ("n", "n"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
-                values[f"{name}.{arm}.{task}"] = score.get(field)
-    for c in document["comparisons"]:
-        if c["reference"] == "baseline":
-            for field, name in (("delta", "delta"), ("lcb", "delta_lcb"), ("ucb", "delta_ucb"),
-                                ("p_value", "delta_p_value")):
-                values[f"{name}.{c['arm']}.{c['task']}"] = c.get(field)
-    for arm, verdict in document["variants"].items():
-        values[f"p_value.{arm}"] = verdict["p_value"]
-        values[f"reward.{arm}"] = verdict.get("reward")
-        values[f"passed.{arm}"] = float(bool(verdict["passed"]))
-        for criterion in verdict["criteria"]:
-            for field in ("estimate", "lcb", "threshold", "p_value"):
-                values[f"criterion.{arm}.{criterion['id']}.{field}"] = criterion.get(field)
+    values: dict[str, float | None] = {"promoted": float(document.outcome == Outcome.PROMOTE)}
+    for arm, record in document.arms.items():
+        for task, score in record.scores.items():
+            values |= {f"score.{arm}.{task}": score.mean, f"n.{arm}.{task}": score.n,
+                       f"ci_low.{arm}.{task}": score.ci_low, f"ci_high.{arm}.{task}": score.ci_high}
+    for c in document.comparisons:
+        if c.reference == BASELINE:
+            values |= {f"delta.{c.arm}.{c.task}": c.delta, f"delta_lcb.{c.arm}.{c.task}": c.lcb,
+                       f"delta_ucb.{c.arm}.{c.task}": c.ucb, f"delta_p_value.{c.arm}.{c.task}": c.p_value}
+    for arm, verdict in document.variants.items():
+        values |= {f"p_value.{arm}": verdict.p_value, f"reward.{arm}": verdict.reward,
+                   f"passed.{arm}": float(verdict.passed)}
+        for criterion in verdict.criteria:
+            name = f"criterion.{arm}.{criterion.id}"
+            values |= {f"{name}.estimate": criterion.estimate, f"{name}.lcb": criterion.lcb,
+                       f"{name}.threshold": criterion.threshold, f"{name}.p_value": criterion.p_value}
     return {key(name): float(value) for name, value in values.items()
             if value is not None and math.isfinite(float(value))}
 
 
-def _register(client: Any, settings: Any, run: Any, document: dict[str, Any]) -> str:
+def _register(client: Any, settings: Any, run: Any, document: DecisionDocument) -> str:
     """A new version of the registered model from the run's ``promoted/`` artifact, then the alias on it."""
     from mlflow.exceptions import MlflowException
 
@@ -198,11 +202,13 @@ def _register(client: Any, settings: Any, run: Any, document: dict[str, Any]) ->
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="LoRA adapters promoted by release-gate")
-    promoted = document["promoted"]
+    promoted = document.promoted
+    if promoted is None:
+        raise ValueError(f"MLflow: a {document.outcome} decision registers no model version")
     version = client.create_model_version(
         name, source=f"{run.info.artifact_uri}/{PROMOTED_DIR}", run_id=run.info.run_id,
-        tags={"release_gate.arm": promoted["arm"], "release_gate.sha256": promoted["sha256"]},
-        description=document["reasons"][0][:5000],
+        tags={"release_gate.arm": promoted.arm, "release_gate.sha256": promoted.sha256},
+        description=document.reasons[0][:5000],
     ).version
     client.set_registered_model_alias(name, settings.alias, version)
     return str(version)

@@ -23,12 +23,14 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import ValidationError
 
 from ..assets import public_model_id
+from ..document import DecisionDocument, Promoted, first_error
 from ..errors import BadInput
 from ..files import atomic_directory, directory_sha256, is_path_segment
-from ..schema import DECISION_FILE, PROMOTED_DIR, SCHEMA_VERSION, Outcome
+from ..schema import DECISION_FILE, PROMOTED_DIR, SCHEMA_VERSION
 from ..surgery.adapter import CONFIG_FILE, SAFETENSORS_FILE
 from .signing import check_public_key, is_signed, verification_failure
 
@@ -100,9 +102,9 @@ def _check(entry_dir: Path, base_model: str | None, trust: Trust,
     decision = inner or outer
     if decision is None:
         return None, f"no {DECISION_FILE}"
-    expected = decision["promoted"]["sha256"]
-    if outer is not None and outer["promoted"]["sha256"] != expected:
-        return None, (f"{DECISION_FILE} beside {PROMOTED_DIR}/ names sha256 {outer['promoted']['sha256']}, "
+    expected = decision.sha256
+    if outer is not None and outer.sha256 != expected:
+        return None, (f"{DECISION_FILE} beside {PROMOTED_DIR}/ names sha256 {outer.sha256}, "
                       f"the one inside names {expected}")
     actual = directory_sha256(adapter_dir, ADAPTER_FILES)
     if actual != expected:
@@ -131,8 +133,8 @@ def _unsigned(trust: Trust) -> str:
     return f"{what}: served only because of {trust.allow_unsigned}"
 
 
-def _read_decision(entry_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """A current-schema PROMOTE decision naming a promoted sha256, or the reason there is none."""
+def _read_decision(entry_dir: Path) -> tuple[Promoted | None, str]:
+    """What a current-schema PROMOTE decision promoted (arm, sha256), or the reason there is none."""
     if not entry_dir.is_dir():
         return None, f"no release entry {entry_dir}"
     path = entry_dir / DECISION_FILE
@@ -147,12 +149,13 @@ def _read_decision(entry_dir: Path) -> tuple[dict[str, Any] | None, str]:
     if decision.get("schema_version") != SCHEMA_VERSION:
         return None, (f"{DECISION_FILE} schema_version {decision.get('schema_version')!r} is not {SCHEMA_VERSION} "
                       "(decisions of release-gate 0.1 are not served: run the gate again)")
-    if decision.get("outcome") != Outcome.PROMOTE:
-        return None, f"outcome {decision.get('outcome')}"
-    promoted = decision.get("promoted")
-    if not isinstance(promoted, dict) or not isinstance(promoted.get("sha256"), str):
-        return None, f"PROMOTE {DECISION_FILE} names no promoted.sha256"
-    return decision, "PROMOTE"
+    try:
+        document = DecisionDocument.model_validate(decision)
+    except ValidationError as exc:
+        return None, f"{DECISION_FILE} does not follow its schema: {first_error(exc)}"
+    if document.promoted is None:
+        return None, f"outcome {document.outcome}"
+    return document.promoted, "PROMOTE"
 
 
 def _adapter_dir(entry_dir: Path) -> Path | None:

@@ -1,7 +1,7 @@
-"""The report's plots (SPEC §8), drawn from the decision document and the run's sidecars.
+"""The report's decision plots (SPEC §8): reward vs risk, guided vs random, the forest plot, bounds by look.
 
-Every plot reads what the gate wrote (``decision.json``, ``spectral_edit.json``,
-``inspect.json``) and recomputes nothing the gate decided: a point's colour is
+The spectral plots are in :mod:`.spectrum_plots`. Every plot reads what the gate wrote
+(:class:`~..document.DecisionDocument`) and recomputes nothing the gate decided: a point's colour is
 the criterion's own pass/fail, its whiskers the comparison's own bounds. Each
 comparison's ``lcb``/``ucb`` are one-sided (1 − α) bounds, so a whisker is a
 two-sided (1 − 2α) interval; an unbounded end (``null``) is drawn open to the
@@ -10,14 +10,13 @@ frame edge. Marks carry ``data-arm`` (and ``data-task``) so a test can count the
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from markupsafe import Markup
 
+from ..document import ComparisonRecord, CriterionRecord, DecisionDocument
 from ..gate.criteria import pts
-from ..schema import BASE, BASELINE, REWARD, rank_key
+from ..schema import BASE, BASELINE, REWARD, Role, Standing, TaskRole
 from . import svg
 
 #: Marker shapes by task position (the target reward first).
@@ -25,72 +24,31 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 #: How many categorical colour classes the stylesheet defines (``c0`` … ``c7``).
 PALETTE_SIZE = 8
 
-Document = Mapping[str, Any]
-
 
 # --- reading the document -------------------------------------------------------------------------------
 
 
-def arms_with_role(document: Document, role: str) -> list[str]:
-    return [name for name, arm in document["arms"].items() if arm["role"] == role]
-
-
-def comparison_index(document: Document) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Comparisons keyed by (arm, reference, task)."""
-    return {(c["arm"], c["reference"], c["task"]): c for c in document["comparisons"]}
-
-
-def criterion_index(document: Document) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Gate criteria keyed by (arm, reference, task), to colour the comparisons they judge."""
-    return {(arm, c["reference"], c["task"]): c
-            for arm, verdict in document["variants"].items() for c in verdict["criteria"]}
-
-
-def ranked_variants(document: Document) -> list[str]:
-    """Variants in the gate's own order: highest reward, then smaller guard drop, then name."""
-    variants = document["variants"]
-    return sorted(variants, key=lambda a: rank_key(variants[a]["reward"], variants[a]["worst_guard_drop"], a))
-
-
-def featured_arm(document: Document) -> str | None:
+def featured_arm(document: DecisionDocument) -> str | None:
     """The promoted variant, else the best-ranked one (what a reviewer compares with baseline)."""
-    promoted = document.get("promoted")
-    if promoted:
-        return promoted["arm"]
-    ranked = ranked_variants(document)
+    if document.promoted is not None:
+        return document.promoted.arm
+    ranked = document.ranked_variants()
     return ranked[0] if ranked else None
 
 
-def arm_status(document: Document, arm: str) -> str:
-    """winner | pass | point | fail for variants, control for controls (a CSS class suffix)."""
-    promoted = document.get("promoted")
-    if promoted and promoted["arm"] == arm:
-        return "winner"
-    verdict = document["variants"].get(arm)
-    if verdict is None:
-        return "control"
-    return "pass" if verdict["passed"] else "point" if verdict["passed_point"] else "fail"
-
-
-def criterion_status(criterion: Mapping[str, Any]) -> str:
-    return "pass" if criterion["passed"] else "point" if criterion["passed_point"] else "fail"
-
-
-def color_class(document: Document, arm: str) -> str:
+def color_class(document: DecisionDocument, arm: str) -> str:
     """A stable categorical colour per arm (variants, then controls, in document order)."""
-    order = [*arms_with_role(document, "variant"), *arms_with_role(document, "control")]
+    order = [*document.with_role(Role.VARIANT), *document.with_role(Role.CONTROL)]
     return f"c{order.index(arm) % PALETTE_SIZE}"
 
 
-def task_order(document: Document) -> list[str]:
+def task_order(document: DecisionDocument) -> list[str]:
     """The weighted target reward first, then targets, then guards."""
-    tasks = document["tasks"]
-    return [REWARD, *(t for t in tasks if tasks[t]["role"] == "target"),
-            *(t for t in tasks if tasks[t]["role"] == "guard")]
+    return [REWARD, *document.tasks_with_role(TaskRole.TARGET), *document.tasks_with_role(TaskRole.GUARD)]
 
 
-def interval(comparison: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    return comparison.get("lcb"), comparison.get("ucb")
+def interval(comparison: ComparisonRecord) -> tuple[float | None, float | None]:
+    return comparison.lcb, comparison.ucb
 
 
 # --- shared drawing helpers -----------------------------------------------------------------------------
@@ -102,11 +60,11 @@ def span(scale: svg.Scale, low: float | None, high: float | None) -> tuple[float
             low is None, high is None)
 
 
-def arm_marker(x: float, y: float, arm: str, status: str, shape: str, **data: object) -> Markup:
+def arm_marker(x: float, y: float, arm: str, status: Standing, shape: str, **data: object) -> Markup:
     """The point mark of one arm (winner: larger, with a halo)."""
-    size = 7.0 if status == "winner" else 5.5
+    size = 7.0 if status == Standing.WINNER else 5.5
     mark = svg.marker(x, y, shape, size, class_="marker", data_arm=arm, **data)
-    if status != "winner":
+    if status != Standing.WINNER:
         return mark
     return svg.group([svg.element("circle", {"cx": x, "cy": y, "r": 12.0, "class_": "halo"}), mark])
 
@@ -127,34 +85,34 @@ def labels(items: Sequence[tuple[float, float, str, str]], f: svg.Frame) -> Mark
 # --- (1) reward vs risk ---------------------------------------------------------------------------------
 
 
-def reward_vs_risk(document: Document) -> list[Markup]:
+def reward_vs_risk(document: DecisionDocument) -> list[Markup]:
     """One panel per guard: x = guard drop vs baseline (clipped at 0), y = target reward vs baseline."""
-    guards = [t for t, v in document["tasks"].items() if v["role"] == "guard"]
+    guards = document.tasks_with_role(TaskRole.GUARD)
     return [risk_panel(document, guard) for guard in guards or [None]]
 
 
-def drop_interval(comparison: Mapping[str, Any] | None) -> tuple[float, float | None, float | None]:
+def drop_interval(comparison: ComparisonRecord | None) -> tuple[float, float | None, float | None]:
     """A guard's drop (−Δ clipped at 0) and its interval; no guard means no drop."""
     if comparison is None:
         return 0.0, 0.0, 0.0
     low, high = interval(comparison)
-    return (max(0.0, -comparison["delta"]), 0.0 if high is None else max(0.0, -high),
+    return (max(0.0, -comparison.delta), 0.0 if high is None else max(0.0, -high),
             None if low is None else max(0.0, -low))
 
 
-def risk_panel(document: Document, guard: str | None) -> Markup:
-    index = comparison_index(document)
+def risk_panel(document: DecisionDocument, guard: str | None) -> Markup:
+    index = document.comparison_index()
     # Controls first and the winner last, so the marks that matter are drawn on top.
-    arms = sorted([*arms_with_role(document, "control"), *arms_with_role(document, "variant")],
-                  key=lambda a: arm_status(document, a) == "winner")
-    budget = document["tasks"][guard]["max_drop"] if guard else None
-    min_gain = document["gate"]["min_gain"]
+    arms = sorted([*document.with_role(Role.CONTROL), *document.with_role(Role.VARIANT)],
+                  key=lambda a: document.standing(a) == Standing.WINNER)
+    budget = document.tasks[guard].max_drop if guard else None
+    min_gain = document.gate.min_gain
     rows = []
     for arm in arms:
         reward = index[(arm, BASELINE, REWARD)]
         rows.append((arm, reward, drop_interval(index.get((arm, BASELINE, guard)) if guard else None)))
     xs = [v for _, _, d in rows for v in d]
-    ys = [v for _, r, _ in rows for v in (r["delta"], *interval(r))]
+    ys = [v for _, r, _ in rows for v in (r.delta, *interval(r))]
     _, x_hi = svg.domain(xs, include=[0.0, *([budget * 1.25] if budget is not None else [])])
     f = svg.frame(560, 380, (-0.03 * x_hi, x_hi), svg.domain(ys, include=[0.0, min_gain]),
                   margins=(62, 24, 24, 46))
@@ -167,19 +125,19 @@ def risk_panel(document: Document, guard: str | None) -> Markup:
                            svg.line(f.x(0), f.y(0) - 5, f.x(0), f.y(0) + 5)], class_="reference"))
     marks, names = [], []
     for arm, reward, (drop, drop_low, drop_high) in rows:
-        status = arm_status(document, arm)
-        x, y = f.x(drop), f.y(reward["delta"])
+        status = document.standing(arm)
+        x, y = f.x(drop), f.y(reward.delta)
         y0, y1, open_lo, open_hi = span(f.y, *interval(reward))
         x0, x1, open_left, open_right = span(f.x, drop_low, drop_high)
-        shape = "diamond" if status == "control" else "circle"
+        shape = "diamond" if status == Standing.CONTROL else "circle"
         marks.append(svg.group([svg.whisker(x, y0, x, y1, open_low=open_lo, open_high=open_hi),
                                 svg.whisker(x0, y, x1, y, open_low=open_left, open_high=open_right),
                                 arm_marker(x, y, arm, status, shape),
-                                svg.title(f"{arm}: reward {pts(reward['delta'])} pts "
-                                          f"[{pts(reward['lcb'])}, {pts(reward['ucb'])}], "
+                                svg.title(f"{arm}: reward {pts(reward.delta)} pts "
+                                          f"[{pts(reward.lcb)}, {pts(reward.ucb)}], "
                                           f"guard drop {pts(drop, signed=False)} pts")],
                                class_=f"arm s-{status}", data_arm=arm))
-        names.append((x, y, ("★ " if status == "winner" else "") + arm, f"s-{status}"))
+        names.append((x, y, ("★ " if status == Standing.WINNER else "") + arm, f"s-{status}"))
     description = ("Each candidate variant (circle) and random control (diamond) at its target reward and guard "
                    "drop vs the unedited adapter, with confidence whiskers; the shaded area is admissible.")
     return svg.figure(f.width, f.height, f"Reward vs risk{f' ({guard})' if guard else ''}", description,
@@ -205,20 +163,20 @@ def admissible(f: svg.Frame, budget: float | None, min_gain: float) -> Markup:
 # --- (2) guided vs random (paper Fig. 3) ----------------------------------------------------------------
 
 
-def guided_vs_random(document: Document) -> Markup:
+def guided_vs_random(document: DecisionDocument) -> Markup:
     """x = the random control's gain over baseline, y = each policy's gain, per task; the diagonal y = x."""
-    index = comparison_index(document)
-    controls = arms_with_role(document, "control")
-    variants = arms_with_role(document, "variant")
+    index = document.comparison_index()
+    controls = document.with_role(Role.CONTROL)
+    variants = document.with_role(Role.VARIANT)
     tasks = task_order(document)
     rows = []
     for task in tasks:
-        seeds = [index[(c, BASELINE, task)]["delta"] for c in controls if (c, BASELINE, task) in index]
+        seeds = [index[(c, BASELINE, task)].delta for c in controls if (c, BASELINE, task) in index]
         if not seeds:
             continue
         rows += [(arm, task, sum(seeds) / len(seeds), min(seeds), max(seeds), index[(arm, BASELINE, task)])
                  for arm in variants if (arm, BASELINE, task) in index]
-    values = [v for _, _, x, lo, hi, c in rows for v in (x, lo, hi, c["delta"], *interval(c))]
+    values = [v for _, _, x, lo, hi, c in rows for v in (x, lo, hi, c.delta, *interval(c))]
     lo, hi = svg.domain(values, include=[0.0])
     f = svg.frame(620, 400, (lo, hi), (lo, hi), margins=(62, 20, 200, 46))
     corner = [(f.x(lo), f.y(lo)), (f.x(lo), f.y(hi)), (f.x(hi), f.y(hi))]
@@ -229,13 +187,13 @@ def guided_vs_random(document: Document) -> Markup:
             svg.line(f.x(lo), f.y(lo), f.x(hi), f.y(hi), class_="diagonal")]
     marks = []
     for arm, task, x_mean, x_lo, x_hi, c in rows:
-        x, y = f.x(x_mean), f.y(c["delta"])
+        x, y = f.x(x_mean), f.y(c.delta)
         y0, y1, open_lo, open_hi = span(f.y, *interval(c))
         shape = SHAPES[tasks.index(task) % len(SHAPES)]
         marks.append(svg.group([svg.whisker(x, y0, x, y1, open_low=open_lo, open_high=open_hi),
                                 svg.whisker(f.x(x_lo), y, f.x(x_hi), y) if x_hi > x_lo else Markup(""),
                                 svg.marker(x, y, shape, 5.5, class_="marker", data_arm=arm, data_task=task),
-                                svg.title(f"{arm} on {task}: {pts(c['delta'])} pts vs random "
+                                svg.title(f"{arm} on {task}: {pts(c.delta)} pts vs random "
                                           f"{pts(x_mean)} pts")],
                                class_=f"arm {color_class(document, arm)}"))
     legend = legend_block(f.right + 24, f.top + 8, [(arm, "circle", color_class(document, arm)) for arm in variants],
@@ -262,13 +220,13 @@ def legend_block(x: float, y: float, *sections: Sequence[tuple[str, str, str]]) 
 # --- (3) forest plot ------------------------------------------------------------------------------------
 
 
-def forest_rows(document: Document) -> list[tuple[str, list[dict[str, Any]]]]:
+def forest_rows(document: DecisionDocument) -> list[tuple[str, list[ComparisonRecord]]]:
     """Per task: every arm vs baseline, every variant vs each control reference, then baseline vs base."""
-    variants = arms_with_role(document, "variant")
-    controls = arms_with_role(document, "control")
-    index = comparison_index(document)
-    references = list(dict.fromkeys(c["reference"] for c in document["comparisons"]
-                                    if c["reference"] not in (BASELINE, BASE)))
+    variants = document.with_role(Role.VARIANT)
+    controls = document.with_role(Role.CONTROL)
+    index = document.comparison_index()
+    references = list(dict.fromkeys(c.reference for c in document.comparisons
+                                    if c.reference not in (BASELINE, BASE)))
     groups = []
     for task in task_order(document):
         keys = [(a, BASELINE, task) for a in (*variants, *controls)]
@@ -278,45 +236,45 @@ def forest_rows(document: Document) -> list[tuple[str, list[dict[str, Any]]]]:
     return [(task, rows) for task, rows in groups if rows]
 
 
-def forest(document: Document) -> Markup:
+def forest(document: DecisionDocument) -> Markup:
     """Δ with its interval for every comparison, grouped by task; gate thresholds as dashed ticks."""
     groups = forest_rows(document)
-    criteria = criterion_index(document)
+    criteria = document.criterion_index()
     row_h, header_h = 19, 24
     height = 40 + sum(header_h + row_h * len(rows) for _, rows in groups) + 34
-    values = [v for _, rows in groups for c in rows for v in (c["delta"], *interval(c))]
-    thresholds = [c["threshold"] for c in criteria.values()]
+    values = [v for _, rows in groups for c in rows for v in (c.delta, *interval(c))]
+    thresholds = [c.threshold for c in criteria.values()]
     f = svg.frame(900, height, svg.domain(values, include=[0.0, *thresholds]), (0, 1), margins=(230, 30, 150, 40))
     body = [svg.axis_x(f, "Δ vs reference (pts); whiskers: two-sided interval from the one-sided bounds", pts),
             svg.line(f.x(0), f.top, f.x(0), f.bottom, class_="zero")]
     y = f.top
     for task, rows in groups:
-        role = "weighted target reward" if task == REWARD else document["tasks"][task]["role"]
+        role = "weighted target reward" if task == REWARD else document.tasks[task].role
         body.append(svg.text(8, y + 16, f"{task}  ({role})", class_="group-label"))
         y += header_h
         for c in rows:
-            body.append(forest_row(document, c, criteria.get((c["arm"], c["reference"], task)), f, y + row_h / 2))
+            body.append(forest_row(document, c, criteria.get((c.arm, c.reference, task)), f, y + row_h / 2))
             y += row_h
     description = "Every comparison's mean difference with its interval, by task; dashed ticks are gate thresholds."
     return svg.figure(f.width, f.height, "Per-task differences (forest plot)", description, body,
                       data_plot="forest")
 
 
-def forest_row(document: Document, c: Mapping[str, Any], criterion: Mapping[str, Any] | None,
+def forest_row(document: DecisionDocument, c: ComparisonRecord, criterion: CriterionRecord | None,
                f: svg.Frame, y: float) -> Markup:
-    arm, reference = c["arm"], c["reference"]
-    status = criterion_status(criterion) if criterion else arm_status(document, arm)
-    if not criterion and status != "control":
+    arm, reference = c.arm, c.reference
+    status: str = criterion.standing() if criterion else document.standing(arm)
+    if not criterion and status != Standing.CONTROL:
         status = "info"
     x0, x1, open_lo, open_hi = span(f.x, *interval(c))
     parts = [svg.text(f.left - 10, y + 4, f"{arm}  vs {reference}", "end", class_="row-label"),
              svg.whisker(x0, y, x1, y, cap=3.5, open_low=open_lo, open_high=open_hi),
-             svg.marker(f.x(c["delta"]), y, "diamond" if status == "control" else "circle", 4.0,
-                        class_="marker", data_arm=arm, data_reference=reference, data_task=c["task"]),
-             svg.text(f.right + 10, y + 4, f"{pts(c['delta'])}  [{pts(c['lcb'])}, {pts(c['ucb'])}]",
+             svg.marker(f.x(c.delta), y, "diamond" if status == Standing.CONTROL else "circle", 4.0,
+                        class_="marker", data_arm=arm, data_reference=reference, data_task=c.task),
+             svg.text(f.right + 10, y + 4, f"{pts(c.delta)}  [{pts(c.lcb)}, {pts(c.ucb)}]",
                       class_="row-value")]
     if criterion:
-        tx = f.x.clamp(criterion["threshold"])
+        tx = f.x.clamp(criterion.threshold)
         parts.insert(0, svg.line(tx, y - 8, tx, y + 8, class_="threshold"))
     return svg.group(parts, class_=f"arm s-{status}")
 
@@ -328,178 +286,30 @@ def p_value(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3g}"
 
 
-# --- (4) spectra ----------------------------------------------------------------------------------------
+# --- (4) sequential evaluation: bounds against n ------------------------------------------------------------
 
 
-def chosen_module(sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    """The module the variant changed most (relative L1 change of σ), ties by name."""
-    def change(m: Mapping[str, Any]) -> float:
-        total = sum(m["sigma"]) or 1.0
-        return sum(abs(a - b) for a, b in zip(m["sigma_new"], m["sigma"])) / total
-    return max(sidecar["modules"], key=lambda m: (change(m), m["name"]))
-
-
-def spectrum(document: Document, sidecars: Mapping[str, Mapping[str, Any]], arm: str) -> Markup:
-    """σ before and after every arm's edit for the module ``arm`` changed most."""
-    module = chosen_module(sidecars[arm])
-    name = module["name"]
-    by_arm = {a: next(m for m in s["modules"] if m["name"] == name) for a, s in sidecars.items()}
-    rank = len(module["sigma"])
-    peak = max(max(m["sigma_new"]) for m in by_arm.values())
-    f = svg.frame(620, 320, (0.5, rank + 0.5), (0.0, svg.domain([0.0, peak, max(module["sigma"])], pad=0.04)[1]),
-                  margins=(62, 20, 200, 46))
-    ks = range(1, rank + 1)
-    body = [svg.axis_x(f, "component k (by σ before the edit)", lambda v: f"{v:g}",
-                       ticks=[k for k in ks if rank <= 16 or k % 4 in (0, 1)]),
-            svg.axis_y(f, "singular value σ", lambda v: f"{v:.3g}"),
-            svg.polyline([(f.x(k), f.y(s)) for k, s in zip(ks, module["sigma"])], class_="before"),
-            *(svg.marker(f.x(k), f.y(s), "circle", 4.0, class_="before-point") for k, s in zip(ks, module["sigma"]))]
-    for a, m in by_arm.items():
-        dashed = "4 3" if arm_status(document, a) == "control" else None
-        body.append(svg.group([svg.polyline([(f.x(k), f.y(s)) for k, s in zip(ks, m["sigma_new"])],
-                                             stroke_dasharray=dashed),
-                               *(svg.marker(f.x(k), f.y(s), "circle", 2.2) for k, s in zip(ks, m["sigma_new"]))],
-                              class_=f"series {color_class(document, a)}", data_arm=a))
-    legend = legend_block(f.right + 24, f.top + 8, [("before (baseline)", "square", "before-key")],
-                          [(a, "circle", color_class(document, a)) for a in by_arm])
-    return svg.figure(f.width, f.height, f"Spectrum of {name}", f"σ before and after each edit of {name}.",
-                      [*body, legend], data_plot="spectrum", data_module=name)
-
-
-def layer_rows(modules: Sequence[Mapping[str, Any]]) -> list[int | None]:
-    return sorted({m["layer"] for m in modules}, key=lambda v: -1 if v is None else v)
-
-
-def alpha_map(arm: str, sidecar: Mapping[str, Any], cell: float = 5.0) -> Markup:
-    """α per component as a heat map: rows = layers, columns = module kinds × components (log₂ scale)."""
-    modules = sidecar["modules"]
-    kinds = list(dict.fromkeys(m["kind"] for m in modules))
-    layers = layer_rows(modules)
-    rank = max(len(m["alpha"]) for m in modules)
-    limit = min(3.0, max(0.05, *(abs(log2(a)) for m in modules for a in m["alpha"])))
-    left, top, gap = 34.0, 34.0, 8.0
-    width = left + len(kinds) * (rank * cell + gap) + 8
-    height = top + len(layers) * cell + 52
-    body = []
-    for j, kind in enumerate(kinds):
-        x0 = left + j * (rank * cell + gap)
-        body.append(svg.text(x0 + rank * cell / 2, top - 6, kind, "middle", class_="small"))
-    for m in modules:
-        x0 = left + kinds.index(m["kind"]) * (rank * cell + gap)
-        y0 = top + layers.index(m["layer"]) * cell
-        cells = [svg.cell(x0 + k * cell, y0, cell, cell, svg.diverging(log2(a), limit))
-                 for k, a in enumerate(m["alpha"])]
-        tip = f"{m['name']}: α = " + ", ".join(f"{a:.2f}" for a in m["alpha"])
-        body.append(svg.group([*cells, svg.title(tip)]))
-    for i, layer in enumerate(layers):
-        if len(layers) <= 12 or i % 5 == 0:
-            body.append(svg.text(left - 4, top + i * cell + cell - 1, "–" if layer is None else str(layer), "end",
-                                 class_="small"))
-    body.append(svg.text(8, top - 6, "layer", class_="small"))
-    bar_y = top + len(layers) * cell + 12
-    bar_w = min(width - left - 12, 150.0)
-    body.append(svg.color_bar(left, bar_y, bar_w, 8, lambda v: svg.diverging(v, limit), -limit, limit,
-                              [(-limit, f"×{2 ** -limit:.2g}"), (0.0, "×1"), (limit, f"×{2 ** limit:.2g}")]))
-    return svg.figure(width, height, f"α of {arm}", f"Per-component scaling α of every edited module of {arm}.",
-                      [svg.text(8, 14, arm, class_="map-title"), *body], data_plot="alpha-map", data_arm=arm)
-
-
-def log2(value: float) -> float:
-    """log₂ with α = 0 (a removed component) pinned far below any colour limit."""
-    return math.log2(value) if value > 0 else -math.inf
-
-
-# --- (5) alignment (paper Fig. 1) -----------------------------------------------------------------------
-
-
-def matrix_map(name: str, layers: Sequence[Any], matrix: Sequence[Sequence[float]], random: float,
-               cell: float = 7.0) -> Markup:
-    """A layer × layer heat map; colour saturates at the largest off-diagonal value (the diagonal is 1)."""
-    n = len(layers)
-    off = [matrix[i][j] for i in range(n) for j in range(n) if i != j]
-    hi = max([*off, random * 2, 1e-6])
-    left, top = 34.0, 28.0
-    size = n * cell
-    body = [svg.text(left, 14, name, class_="map-title")]
-    for i in range(n):
-        for j in range(n):
-            body.append(svg.cell(left + j * cell, top + i * cell, cell, cell, svg.sequential(matrix[i][j], 0, hi),
-                                 f"layers {layers[i]} × {layers[j]}: {matrix[i][j]:.3f}" if n <= 12 else None))
-    for i, layer in enumerate(layers):
-        if n <= 12 or i % 5 == 0:
-            body += [svg.text(left - 4, top + i * cell + cell - 1, str(layer), "end", class_="small"),
-                     svg.text(left + i * cell + cell / 2, top + size + 11, str(layer), "middle", class_="small")]
-    body.append(svg.color_bar(left, top + size + 22, min(size, 160.0), 8, lambda v: svg.sequential(v, 0, hi),
-                              0.0, hi, [(0.0, "0"), (hi, f"{hi:.2f}")]))
-    random_x = left + min(size, 160.0) * random / hi
-    body += [svg.line(random_x, top + size + 30, random_x, top + size + 46, class_="axis-line"),
-             svg.text(random_x, top + size + 56, "random", "start" if random_x < left + 20 else "middle",
-                      class_="small")]
-    return svg.figure(left + size + 10, top + size + 62, name, f"{name} between every pair of layers.", body,
-                      data_plot="alignment")
-
-
-def alignment_maps(inspect: Mapping[str, Any]) -> list[Markup]:
-    """Per residual-writing projection: |u₁ᵀu₁′| and top-m subspace overlap across layers."""
-    maps = []
-    for kind, block in inspect.get("alignment", {}).items():
-        if len(block["layers"]) < 2:
-            continue
-        maps.append(matrix_map(f"{kind}: |u₁·u₁′|", block["layers"], block["u1_abs_cos"],
-                               block["random_u1_abs_cos"]))
-        maps.append(matrix_map(f"{kind}: Align_U (top-{block['m']})", block["layers"], block["align_u"],
-                               block["random_align_u"]))
-    return maps
-
-
-def cross_module(inspect: Mapping[str, Any]) -> Markup | None:
-    """o_proj vs down_proj top-m overlap within each layer, against the random-subspace level."""
-    block = inspect.get("cross_module")
-    if not block:
-        return None
-    layers, values = block["layers"], block["align_u"]
-    f = svg.frame(620, 220, (-0.5, len(layers) - 0.5), (0.0, svg.domain([0.0, *values])[1]),
-                  margins=(62, 16, 110, 44))
-    width = (f.right - f.left) / len(layers) * 0.7
-    ticks = [i for i in range(len(layers)) if len(layers) <= 16 or i % 5 == 0]
-    body = [svg.axis_x(f, "layer", lambda v: str(layers[int(v)]), ticks=ticks),
-            svg.axis_y(f, f"Align_U (top-{block['m']})", lambda v: f"{v:.2g}")]
-    body += [svg.element("rect", {"x": f.x(i) - width / 2, "y": f.y(v), "width": width,
-                                  "height": f.y(0) - f.y(v), "class_": "bar"},
-                         svg.title(f"layer {layers[i]}: {v:.3f}"))
-             for i, v in enumerate(values)]
-    body += [svg.line(f.left, f.y(block["random_align_u"]), f.right, f.y(block["random_align_u"]), class_="budget"),
-             svg.text(f.right + 6, f.y(block["random_align_u"]) + 4, "random level", class_="budget-label")]
-    return svg.figure(f.width, f.height, "o_proj vs down_proj within a layer",
-                      "Top-m subspace overlap of the two residual writers of each layer.", body,
-                      data_plot="cross-module")
-
-
-# --- (6) sequential evaluation: bounds against n ------------------------------------------------------------
-
-
-def look_series(document: Document, arm: str) -> dict[str, list[tuple[int, float | None, float]]]:
+def look_series(document: DecisionDocument, arm: str) -> dict[str, list[tuple[int, float | None, float]]]:
     """Per criterion of ``arm``: (look, lower bound, threshold) at every look it was judged."""
     series: dict[str, list[tuple[int, float | None, float]]] = {}
-    for look in document.get("looks", []):
-        entry = look["variants"].get(arm)
+    for look in document.looks:
+        entry = look.variants.get(arm)
         if entry is None:
             continue
-        for criterion, values in entry["criteria"].items():
-            series.setdefault(criterion, []).append((look["look"], values.get("lcb"), values["threshold"]))
+        for criterion, values in entry.criteria.items():
+            series.setdefault(criterion, []).append((look.look, values.lcb, values.threshold))
     return series
 
 
-def bounds_by_look(document: Document, arm: str) -> Markup:
+def bounds_by_look(document: DecisionDocument, arm: str) -> Markup:
     """One variant: each criterion's lower bound minus its threshold at every look, and where it stopped.
 
     Above zero the criterion holds at that look's level; the variant passes when all are above zero at
     a look whose level its p-value meets.
     """
     series = look_series(document, arm)
-    looks = document.get("looks", [])
-    first_target = next((t for t, spec in document["tasks"].items() if spec["role"] == "target"), None)
-    sizes = {look["look"]: look["n"].get(first_target, 0) for look in looks}
+    first_target = next(iter(document.tasks_with_role(TaskRole.TARGET)), None)
+    sizes = {look.look: look.n.get(first_target, 0) for look in document.looks}
     margins = [lcb - threshold for points in series.values() for _, lcb, threshold in points if lcb is not None]
     lo, hi = svg.domain(margins, include=[0.0])
     n_lo, n_hi = 0, max(sizes.values(), default=1) or 1
@@ -517,10 +327,10 @@ def bounds_by_look(document: Document, arm: str) -> Markup:
                                     svg.title(f"{criterion} at look {look} (n={sizes[look]}): LCB {pts(lcb)} pts, "
                                               f"threshold {pts(threshold)} pts")]))
         marks.append(svg.group(parts, class_=f"c{index % PALETTE_SIZE}"))
-    verdict = document["variants"][arm]
-    stop = sizes.get(verdict.get("look"), n_hi)
+    verdict = document.variants[arm]
+    stop = sizes.get(verdict.look, n_hi)
     marks.append(svg.line(f.x(stop), f.top, f.x(stop), f.bottom, class_="stop"))
-    marks.append(svg.text(f.x(stop) - 4, f.top + 12, verdict.get("status", ""), "end", class_="region-label"))
+    marks.append(svg.text(f.x(stop) - 4, f.top + 12, verdict.status, "end", class_="region-label"))
     legend = legend_block(f.right + 20, f.top + 8, [(c, SHAPES[i % len(SHAPES)], f"c{i % PALETTE_SIZE}")
                                                     for i, c in enumerate(series)])
     description = (f"{arm}: at every look, each criterion's lower confidence bound minus its threshold; above "

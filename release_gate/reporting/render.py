@@ -20,8 +20,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from ..document import CriterionRecord, DecisionDocument, read_decision
 from ..files import read_json, read_jsonl, write_text_atomic
-from ..gate.decide import pts
+from ..gate.criteria import pts
 from ..schema import (
     BASE,
     BASELINE,
@@ -30,9 +31,10 @@ from ..schema import (
     REPORT_FILE,
     SIDECAR_FILE,
     VARIANTS_DIR,
-    read_decision,
+    Role,
+    Standing,
 )
-from . import plots
+from . import plots, spectrum_plots
 
 TEMPLATE = "report.html.j2"
 SCRIPT = "report.js.j2"
@@ -69,7 +71,7 @@ def environment() -> Environment:
     return env
 
 
-def render_html(run_dir: Path, document: Mapping[str, Any]) -> str:
+def render_html(run_dir: Path, document: DecisionDocument) -> str:
     env = environment()
     script = env.get_template(SCRIPT).render()
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
@@ -77,7 +79,7 @@ def render_html(run_dir: Path, document: Mapping[str, Any]) -> str:
                                              **context(run_dir, document))
 
 
-def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
+def context(run_dir: Path, document: DecisionDocument) -> dict[str, Any]:
     """Everything the template shows, computed once here so the template only lays it out."""
     sidecars = load_sidecars(run_dir, document)
     inspect = read_json(run_dir / INSPECT_FILE)
@@ -85,55 +87,52 @@ def context(run_dir: Path, document: Mapping[str, Any]) -> dict[str, Any]:
     columns, rows = criteria_matrix(document)
     return {
         "d": document, "featured": featured, "criterion_columns": columns, "criterion_rows": rows,
-        "variants": plots.arms_with_role(document, "variant"), "controls": plots.arms_with_role(document, "control"),
-        "criteria": {(arm, ref, task): plots.criterion_status(c)
-                     for (arm, ref, task), c in plots.criterion_index(document).items()},
-        "task_names": list(document["tasks"]),
+        "variants": document.with_role(Role.VARIANT), "controls": document.with_role(Role.CONTROL),
+        "criteria": {key: c.standing() for key, c in document.criterion_index().items()},
+        "task_names": list(document.tasks),
         "risk_plots": plots.reward_vs_risk(document),
-        "guided_plot": plots.guided_vs_random(document) if plots.arms_with_role(document, "control") else None,
+        "guided_plot": plots.guided_vs_random(document) if document.with_role(Role.CONTROL) else None,
         "forest_plot": plots.forest(document),
         "spectrum_plot": spectrum_plot(document, sidecars, featured),
-        "alpha_maps": [plots.alpha_map(arm, sidecar) for arm, sidecar in sidecars.items()],
+        "alpha_maps": [spectrum_plots.alpha_map(arm, sidecar) for arm, sidecar in sidecars.items()],
         "sidecar_notes": {arm: sidecar.get("notes") or [] for arm, sidecar in sidecars.items()},
         "inspect": inspect,
-        "alignment_maps": plots.alignment_maps(inspect) if inspect else [],
-        "cross_module_plot": plots.cross_module(inspect) if inspect else None,
+        "alignment_maps": spectrum_plots.alignment_maps(inspect) if inspect else [],
+        "cross_module_plot": spectrum_plots.cross_module(inspect) if inspect else None,
         "examples": item_examples(run_dir, document, featured),
-        "look_plots": [plots.bounds_by_look(document, arm) for arm in plots.ranked_variants(document)
-                       if plots.look_series(document, arm)] if len(document["design"]["looks"]) > 1 else [],
-        "adapter_vs_base": [c for c in document["comparisons"] if c["arm"] == BASELINE and c["reference"] == BASE],
+        "look_plots": [plots.bounds_by_look(document, arm) for arm in document.ranked_variants()
+                       if plots.look_series(document, arm)] if len(document.design.looks) > 1 else [],
+        "adapter_vs_base": [c for c in document.comparisons if c.arm == BASELINE and c.reference == BASE],
         "history_note": history_note(document),
         "tests_used": tests_used(document),
-        "calibration": index_ranges(document["provenance"].get("calibration_indices") or []),
-        "timings": timing_rows(document["provenance"].get("timings") or {}),
+        "calibration": index_ranges(document.provenance.calibration_indices or []),
+        "timings": timing_rows(document.provenance.timings),
     }
 
 
-def load_sidecars(run_dir: Path, document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def load_sidecars(run_dir: Path, document: DecisionDocument) -> dict[str, dict[str, Any]]:
     """``spectral_edit.json`` of every variant and control arm that has one, variants first."""
-    arms = [*plots.arms_with_role(document, "variant"), *plots.arms_with_role(document, "control")]
+    arms = [*document.with_role(Role.VARIANT), *document.with_role(Role.CONTROL)]
     found = {arm: read_json(run_dir / VARIANTS_DIR / arm / SIDECAR_FILE) for arm in arms}
     return {arm: sidecar for arm, sidecar in found.items() if sidecar and sidecar.get("modules")}
 
 
-def spectrum_plot(document: Mapping[str, Any], sidecars: Mapping[str, Any], featured: str | None) -> Markup | None:
+def spectrum_plot(document: DecisionDocument, sidecars: Mapping[str, Any], featured: str | None) -> Markup | None:
     if not sidecars:
         return None
-    return plots.spectrum(document, sidecars, featured if featured in sidecars else next(iter(sidecars)))
+    return spectrum_plots.spectrum(document, sidecars, featured if featured in sidecars else next(iter(sidecars)))
 
 
 # --- first screen ---------------------------------------------------------------------------------------
 
 
-def history_note(document: Mapping[str, Any]) -> str | None:
+def history_note(document: DecisionDocument) -> str | None:
     """``look 7 of a gate begun on 2026-12-03 …`` when earlier runs of this gate made looks (the look ledger)."""
-    history = document.get("history") or []
-    if not history:
-        return None
-    runs = list(dict.fromkeys((h["run"], h["date"]) for h in history))
+    history = document.history
+    runs = list(dict.fromkeys((h.run, h.date) for h in history))
     if len(runs) < 2:
         return None
-    mine = sum(1 for h in history if (h["run"], h["date"]) == runs[-1])
+    mine = sum(1 for h in history if (h.run, h.date) == runs[-1])
     begun = runs[0][1] or "an earlier run"
     return (f"look {len(history)} of a gate begun on {begun[:10]}: {len(runs) - 1} earlier "
             f"run{'s' if len(runs) > 2 else ''} made looks 1–{len(history) - mine} on the same items, and this run "
@@ -148,34 +147,32 @@ def criterion_name(criterion_id: str) -> str:
     return f"beats {seed}" if seed else CRITERION_NAMES.get(head, head)
 
 
-def criteria_matrix(document: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+def criteria_matrix(document: DecisionDocument) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     """Columns (criterion id, heading) and one row per variant: promoted, passing, point-only, failing,
     each group in the gate's ranking (a sorted() is stable)."""
-    ids = list(dict.fromkeys(c["id"] for v in document["variants"].values() for c in v["criteria"]))
+    ids = list(dict.fromkeys(c.id for v in document.variants.values() for c in v.criteria))
     rows = []
-    order = {"winner": 0, "pass": 1, "point": 2, "fail": 3}
-    for arm in sorted(plots.ranked_variants(document), key=lambda a: order[plots.arm_status(document, a)]):
-        verdict = document["variants"][arm]
-        by_id = {c["id"]: c for c in verdict["criteria"]}
-        cells = [(by_id[i], plots.criterion_status(by_id[i]), criterion_numbers(by_id[i])) if i in by_id else None
-                 for i in ids]
-        rows.append({"arm": arm, "verdict": verdict, "status": plots.arm_status(document, arm), "cells": cells})
+    order = [Standing.WINNER, Standing.PASS, Standing.POINT, Standing.FAIL]
+    for arm in sorted(document.ranked_variants(), key=lambda a: order.index(document.standing(a))):
+        verdict = document.variants[arm]
+        by_id = {c.id: c for c in verdict.criteria}
+        cells = [(by_id[i], by_id[i].standing(), criterion_numbers(by_id[i])) if i in by_id else None for i in ids]
+        rows.append({"arm": arm, "verdict": verdict, "status": document.standing(arm), "cells": cells})
     return [(i, criterion_name(i)) for i in ids], rows
 
 
-def criterion_numbers(criterion: Mapping[str, Any]) -> tuple[str, str]:
+def criterion_numbers(criterion: CriterionRecord) -> tuple[str, str]:
     """A criterion's evidence as (estimate, bound vs threshold); its column heading says what it tests."""
-    op = "≥" if criterion["id"].startswith("guard:") else ">"
-    return (f"Δ {pts(criterion['estimate'])} pts",
-            f"LCB {pts(criterion['lcb'])} · needs {op} {pts(criterion['threshold'])}")
+    op = "≥" if criterion.is_guard else ">"
+    return f"Δ {pts(criterion.estimate)} pts", f"LCB {pts(criterion.lcb)} · needs {op} {pts(criterion.threshold)}"
 
 
-def tests_used(document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def tests_used(document: DecisionDocument) -> list[tuple[str, str, str]]:
     """(criterion, test, method) once per criterion id, in the order of the first variant's criteria."""
     seen: dict[str, tuple[str, str, str]] = {}
-    for verdict in document["variants"].values():
-        for c in verdict["criteria"]:
-            seen.setdefault(c["id"], (criterion_name(c["id"]), c["test"], c["method"]))
+    for verdict in document.variants.values():
+        for c in verdict.criteria:
+            seen.setdefault(c.id, (criterion_name(c.id), c.test, c.method))
     return list(seen.values())
 
 
@@ -204,17 +201,17 @@ def disagreements(variant: Mapping[Any, Any], baseline: Mapping[Any, Any], metri
     return mixed[:limit]
 
 
-def item_examples(run_dir: Path, document: Mapping[str, Any], featured: str | None) -> list[dict[str, Any]]:
+def item_examples(run_dir: Path, document: DecisionDocument, featured: str | None) -> list[dict[str, Any]]:
     """Per variant (the featured one first) and task: a few items where it and baseline disagree."""
-    variants = plots.ranked_variants(document)
+    variants = document.ranked_variants()
     ordered = [featured, *(v for v in variants if v != featured)] if featured else variants
     out = []
     for arm in ordered:
-        for task, spec in document["tasks"].items():
+        for task, spec in document.tasks.items():
             baseline = read_items(run_dir / ITEMS_DIR / BASELINE / f"{task}.jsonl")
             mine = read_items(run_dir / ITEMS_DIR / arm / f"{task}.jsonl")
-            out.append({"arm": arm, "task": task, "metric": spec["metric"], "stored": len(mine) > 0,
-                        "diffs": disagreements(mine, baseline, spec["metric"], spec["higher_is_better"],
+            out.append({"arm": arm, "task": task, "metric": spec.metric, "stored": len(mine) > 0,
+                        "diffs": disagreements(mine, baseline, spec.metric, spec.higher_is_better,
                                                EXAMPLES_PER_TASK)})
     return out
 
