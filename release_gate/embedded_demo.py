@@ -2,7 +2,7 @@
 
 Base SmolLM2-135M-Instruct from the packaged assets; the demo LoRA adapter (r 8 on o_proj/down_proj, the
 modules Spectral Surgery edits) is shipped in the package (``release_gate/demo_adapter/``): trained once
-by :func:`train_demo_adapter` on 712 CommonsenseQA rows, answers in words through the chat template, so
+by :func:`train_demo_adapter` on CommonsenseQA rows 0–255 (1 epoch), answers in words through the chat template, so
 every machine gates the same adapter (``--retrain`` reproduces the recipe into the cache). Calibration on
 128 disjoint rows; the target is CommonsenseQA answered in words over the held-out rows, scored strictly
 (the answer must be the gold option's words: what the adapter was trained to write); the guard is IFEval's
@@ -97,8 +97,13 @@ TARGET_TASK = "commonsense_qa_gen_heldout"
 #: Scored strictly: the answer is the gold option's words and nothing else (``commonsense_qa_gen``'s
 #: ``exact``), the format the adapter was trained to write; ``acc`` also credits a letter or extra words.
 TARGET_METRIC = "exact"
-#: Held-out items the demo scores (of 381): enough for the adapter's effect over base at p ≤ 0.001.
-TARGET_LIMIT = 192
+#: Held-out items the demo scores: all 381, so that the first look (half of them) already separates the arms.
+TARGET_LIMIT = None
+#: The demo's looks, as fractions of each task's items: a first look at half the items (190 target items, 32
+#: guard prompts) is where every arm sits at its own point of the reward-vs-risk plot and the adapter's effect
+#: over base is far beyond p = 0.001; at a quarter (48 items) two controls changed no item and sat on top of
+#: each other (docs/demo-recipes.md).
+DEMO_LOOKS = (0.5, 1.0)
 
 
 def write_generative_task(rows: list[dict[str, Any]], indices: range, directory: Path) -> Path:
@@ -229,6 +234,7 @@ class DemoSize:
     guard_budget: float = 0.20
     guard_task: str = GUARD_TASK
     sequential: bool = True
+    looks: tuple[float, ...] = DEMO_LOOKS
 
 
 #: ``--full``: every arm on every held-out item and all 541 IFEval prompts at IFEval's own token cap, in
@@ -253,7 +259,8 @@ def demo_config(base_model: Path, adapter: Path, calibration: Path, tasks: Path,
         "policies": list(DEMO_POLICIES), "controls": {"seeds": [0, 1, 2], "params": dict(DEMO_CONTROL_PARAMS)},
         "evaluation": {"include_path": [str(tasks)], "max_model_len": 1024},
         "targets": [target], "guards": [guard],
-        "gate": {"alpha": 0.05, "min_gain": 0.0, "mode": "statistical", "holm": True, "sequential": size.sequential},
+        "gate": {"alpha": 0.05, "min_gain": 0.0, "mode": "statistical", "holm": True, "sequential": size.sequential,
+                 **({"looks": list(size.looks)} if size.sequential else {})},
     }
 
 

@@ -292,10 +292,12 @@ def announce_plan(plan: Plan) -> None:
     """Print each task's n, minimum detectable effect and expected items, and warnings, before anything expensive."""
     design = plan.design
     rule = design.rule
+    # a first run spends α(1 − ρ): the reserve ρ is kept for re-runs that raise the limits
+    alpha = rule.alpha * (1.0 - rule.rerun_reserve)
     sequential = len(design.fractions) > 1
-    drift = stats.z_for_power(rule.alpha)
-    null_share = boundaries.expected_share(design.fractions, rule.alpha, rule.futility, 0.0) if sequential else 1.0
-    mde_share = boundaries.expected_share(design.fractions, rule.alpha, rule.futility, drift) if sequential else 1.0
+    drift = stats.z_for_power(alpha)
+    null_share = boundaries.expected_share(design.fractions, alpha, rule.futility, 0.0) if sequential else 1.0
+    mde_share = boundaries.expected_share(design.fractions, alpha, rule.futility, drift) if sequential else 1.0
     for task, task_rule in zip(plan.resolved, design.rules):
         n = task.size
         budget = f", budget {100 * task_rule.max_drop:.1f} pts" if task_rule.role == "guard" else ""
@@ -303,13 +305,13 @@ def announce_plan(plan: Plan) -> None:
                     f"expected ≈{round(null_share * n)} per arm with no effect, ≈{round(mde_share * n)} at the MDE"
                     if sequential else "")
         logger.info(f"plan: {task_rule.role} {task.request.name} [{task.metric_key}] n={n} of {task.available}, minimum "
-            f"detectable effect ≈{100 * stats.planned_mde(n, rule.alpha):.1f} pts at α={rule.alpha}, 80% power"
+            f"detectable effect ≈{100 * stats.planned_mde(n, alpha):.1f} pts at α(1 − ρ)={alpha:g}, 80% power"
             f"{budget}{expected}")
         if task.random_fewshot:
             logger.warning(f"warning: task {task.request.name} draws its few-shot examples at random, so an item's prompt "
                 "depends on the items built with it: its items are stored per chunk and shared only by runs "
                 "that evaluate the same chunks (fewshot_config sampler first_n lifts this)")
-    for warning in budget_warnings(design.rules, design.limits, rule.alpha):
+    for warning in budget_warnings(design.rules, design.limits, alpha):
         logger.warning(f"warning: {warning}")
 
 

@@ -78,6 +78,8 @@ def run_log(path: Path) -> Iterator[RunLog]:
     root.setLevel(min(level or logging.INFO, logging.INFO))
     logging.captureWarnings(True)
     log.restores.append(reroute(OWN_HANDLERS))
+    if not terminal_echo():
+        log.restores.append(hide_library_bars())
     _ACTIVE.append(log)
     try:
         yield log
@@ -104,6 +106,25 @@ def reroute(names: tuple[str, ...]) -> Callable[[], None]:
         for name, (handlers, propagate) in saved.items():
             named = logging.getLogger(name)
             named.handlers, named.propagate = handlers, propagate
+
+    return restore
+
+
+def hide_library_bars() -> Callable[[], None]:
+    """datasets' "Generating split" and transformers' "Loading weights" bars are not the run's progress: hidden
+    unless ``-v`` (the terminal then shows everything); returns the undo."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = (datasets_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    datasets_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    def restore() -> None:
+        if shown[0]:
+            datasets_logging.enable_progress_bar()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
 
     return restore
 
@@ -147,4 +168,6 @@ def engine_output() -> Iterator[None]:
             os.dup2(original, fd)
             os.close(original)
         log.restores.append(reroute(OWN_HANDLERS))
+    if not terminal_echo():
+        log.restores.append(hide_library_bars())
         log.summarise()

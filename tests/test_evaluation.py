@@ -40,7 +40,8 @@ def stack(tmp_path_factory):
     variant = make_variant(adapter, spectra, RandomIndex(name="random_index@0", seed=0, amp_factor=2.0, sup_factor=0.2))
     variant_dir = write_variant(variant, adapter, root / "random_index@0", str(assets.model_dir), None)
     arms = [Arm.base(), Arm.from_adapter("baseline", baseline_dir), Arm.from_adapter("random_index@0", variant_dir)]
-    engine = Engine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024))
+    # float32: the scores are compared with lm-eval's hf backend in float32 below
+    engine = Engine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024, dtype="float32"))
     manager = task_manager([write_offline_tasks(assets, root / "tasks")])
     yield {"assets": assets, "arms": {a.name: a for a in arms}, "engine": engine, "manager": manager, "root": root}
     engine.close()

@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     adapters = [smollm2_adapter(assets.model_dir, root / f"a{seed}", seed=seed, r=8, alpha=16,
                                 targets=("o_proj", "down_proj"), b_std=0.05) for seed in (1, 2)]
     arms = [Arm.base(), *(Arm.from_adapter(f"a{i}", path) for i, path in enumerate(adapters))]
-    settings = EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=512)
+    settings = EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=512, dtype="float32")  # as PEFT below
     assert settings.lora_path == "merged"  # auto on a machine without CUDA, o/down adapters
     with Engine(settings) as engine:
         yield assets, arms, engine

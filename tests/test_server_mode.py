@@ -77,7 +77,8 @@ def test_server_scores_equal_in_process_scores(served, one_server):
     server_mode.unload(served["server"], arms[1])
     served["process"].send_signal(signal.SIGSTOP)  # keep the server's CPU out of the in-process run
     try:
-        with Engine(EngineSettings.for_arms(str(served["assets"].model_dir), arms, max_model_len=1024)) as engine:
+        with Engine(EngineSettings.for_arms(str(served["assets"].model_dir), arms, max_model_len=1024,
+                                            dtype="float32")) as engine:  # the server's --dtype
             in_process = evaluate(VllmBackend.around(SharedEngineLM(engine, arms[0])), arms, tasks,
                                   ItemStore(served["root"] / "p"))
     finally:

@@ -12,11 +12,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo", help="run the whole gate offline on the embedded default (SmolLM2-135M, CommonsenseQA, IFEval)",
         description="Fetch the offline assets and run the gate on the shipped demo LoRA adapter (trained once on "
-        "712 CommonsenseQA rows, answers in words, chat template): calibration on 128 disjoint rows, every policy "
-        "and three random_index seeds, target = CommonsenseQA answered in words on 192 held-out rows (scored "
+        "CommonsenseQA rows 0–255, answers in words, chat template): calibration on 128 disjoint rows, every policy "
+        "and three random_index seeds, target = CommonsenseQA answered in words on the 381 held-out rows (scored "
         "exactly: the gold option's words and nothing else), guard = IFEval's single-instruction prompts through "
-        "the chat template (64 of the 305, ≤128 tokens, budget 20 points, above its planned MDE of 15.5), in the "
-        "product's default sequential looks (an arm stops once it can no longer pass); then decision.json, "
+        "the chat template (64 of the 305, ≤128 tokens, budget 20 points, above its planned MDE of 16.2), in the "
+        "product's default sequential gate with two looks, at half and all of the items (an arm stops once it can "
+        "no longer pass); then decision.json, "
         "summary.md, junit.xml and report.html. A re-run reuses every cache.",
         epilog=RUN_EPILOG,
     )

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..constants import LORA_PATHS, SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
+from ..constants import BF16_CPU_FLAGS, LORA_PATHS, SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
 from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from ..surgery.adapter import load_adapter
@@ -52,6 +52,31 @@ def resolve_lora_path(requested: str, arms: Sequence[Arm]) -> str:
     import torch
 
     return "merged" if can_merge and not torch.cuda.is_available() else "multi_lora"
+
+
+def resolve_dtype(requested: str) -> str:
+    """``auto`` → bfloat16 on a CPU that computes it natively (``avx512_bf16``/``amx_bf16``), float32 on any
+    other CPU (where bf16 is emulated and slower than float32), vLLM's own ``auto`` (the model's dtype) on CUDA.
+
+    The resolved dtype is part of :class:`EngineSettings`, so it is recorded in ``decision.json`` and keys
+    every stored item: a score computed in bf16 is never reused as a float32 one.
+    """
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "auto"
+    return "bfloat16" if BF16_CPU_FLAGS & cpu_flags() else "float32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it does not exist)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    return set()
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -121,7 +146,8 @@ class EngineSettings:
         sized = {"max_lora_rank": lora_rank_slot(rank), "max_loras": max(1, len(adapters)),
                  "lora_target_modules": targets} if path == "multi_lora" else {
                  "max_lora_rank": 0, "max_loras": 0, "lora_target_modules": ()}
-        return cls(model=model, lora_path=path, **{**sized, **overrides})
+        dtype = resolve_dtype(overrides.pop("dtype", "auto"))
+        return cls(model=model, lora_path=path, dtype=dtype, **{**sized, **overrides})
 
     @property
     def merged(self) -> bool:

@@ -86,18 +86,19 @@ def labels(items: Sequence[tuple[float, float, str, str]], f: svg.Frame) -> Mark
 
 
 def reward_vs_risk(document: DecisionDocument) -> list[Markup]:
-    """One panel per guard: x = guard drop vs baseline (clipped at 0), y = target reward vs baseline."""
+    """One panel per guard: x = guard drop vs baseline (negative: the guard improved), y = target reward vs
+    baseline. The drop is not clipped at 0: an edit that improves the guard is information a reviewer wants,
+    and clipping would stack every arm that kept or improved the guard on one vertical line."""
     guards = document.tasks_with_role(TaskRole.GUARD)
     return [risk_panel(document, guard) for guard in guards or [None]]
 
 
 def drop_interval(comparison: ComparisonRecord | None) -> tuple[float, float | None, float | None]:
-    """A guard's drop (−Δ clipped at 0) and its interval; no guard means no drop."""
+    """A guard's drop (−Δ) and its interval; no guard means no drop."""
     if comparison is None:
         return 0.0, 0.0, 0.0
     low, high = interval(comparison)
-    return (max(0.0, -comparison.delta), 0.0 if high is None else max(0.0, -high),
-            None if low is None else max(0.0, -low))
+    return -comparison.delta, None if high is None else -high, None if low is None else -low
 
 
 def risk_panel(document: DecisionDocument, guard: str | None) -> Markup:
@@ -113,11 +114,10 @@ def risk_panel(document: DecisionDocument, guard: str | None) -> Markup:
         rows.append((arm, reward, drop_interval(index.get((arm, BASELINE, guard)) if guard else None)))
     xs = [v for _, _, d in rows for v in d]
     ys = [v for _, r, _ in rows for v in (r.delta, *interval(r))]
-    _, x_hi = svg.domain(xs, include=[0.0, *([budget * 1.25] if budget is not None else [])])
-    f = svg.frame(560, 380, (-0.03 * x_hi, x_hi), svg.domain(ys, include=[0.0, min_gain]),
-                  margins=(62, 24, 24, 46))
-    body = [svg.axis_x(f, f"drop of guard {guard} vs baseline (pts, clipped at 0)" if guard
-                       else "guard drop (no guard tasks)", lambda v: pts(v, signed=False)),
+    f = svg.frame(560, 380, svg.domain(xs, include=[0.0, *([budget * 1.25] if budget is not None else [])]),
+                  svg.domain(ys, include=[0.0, min_gain]), margins=(62, 24, 24, 46))
+    body = [svg.axis_x(f, f"drop of guard {guard} vs baseline (pts; below 0: the guard improved)" if guard
+                       else "guard drop (no guard tasks)", pts),
             svg.axis_y(f, "target reward vs baseline (Δ pts)", pts)]
     body.append(admissible(f, budget, min_gain))
     body.append(svg.line(f.x(0), f.y(0), f.right, f.y(0), class_="zero"))
@@ -135,7 +135,7 @@ def risk_panel(document: DecisionDocument, guard: str | None) -> Markup:
                                 arm_marker(x, y, arm, status, shape),
                                 svg.title(f"{arm}: reward {pts(reward.delta)} pts "
                                           f"[{pts(reward.lcb)}, {pts(reward.ucb)}], "
-                                          f"guard drop {pts(drop, signed=False)} pts")],
+                                          f"guard drop {pts(drop)} pts")],
                                class_=f"arm s-{status}", data_arm=arm))
         names.append((x, y, ("★ " if status == Standing.WINNER else "") + arm, f"s-{status}"))
     description = ("Each candidate variant (circle) and random control (diamond) at its target reward and guard "
@@ -148,8 +148,8 @@ def admissible(f: svg.Frame, budget: float | None, min_gain: float) -> Markup:
     """The admissible region (drop within budget, reward above the minimum gain) and the budget line."""
     right = f.x(budget) if budget is not None else f.right
     top, bottom = f.top, f.y.clamp(min_gain)
-    parts = [svg.rect(f.x(0), top, right - f.x(0), max(0.0, bottom - top), class_="admissible"),
-             svg.text(f.x(0) + 6, top + 14, "admissible", class_="region-label")]
+    parts = [svg.rect(f.left, top, right - f.left, max(0.0, bottom - top), class_="admissible"),
+             svg.text(f.left + 6, top + 14, "admissible", class_="region-label")]
     if budget is not None:
         room = right < f.right - 90
         parts += [svg.line(right, f.top, right, f.bottom, class_="budget"),
