@@ -182,8 +182,6 @@ class Plan:
     resolved: list[ResolvedTask]
     exclude: list[Path]
     design: Design
-    #: ``evaluation.engine_args`` as checked engine-setting overrides (empty in server mode)
-    engine_overrides: dict[str, Any]
 
 
 def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
@@ -194,9 +192,8 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
     needy = [p.name for p in policies if p.needs_calibration]
     if needy and config.calibration is None:
         raise BadInput(f"calibration: required by policy {needy[0]!r} (give calibration.file)")
-    overrides: dict[str, Any] = {}  # vLLM's own names, refused here rather than after an hour
-    if config.evaluation.server is None:
-        overrides = engine_overrides(config.evaluation.engine_args or {}, "evaluation.engine_args")
+    # vLLM's own names, refused here rather than after an hour (the backend applies them)
+    engine_overrides(config.evaluation.engine_args or {}, "evaluation.engine_args")
     exclude = local_data_files(resolved)
     if needy:  # the rows, their count and their overlap with the evaluation data, before anything is written
         check_no_overlap(read_examples(config.calibration)[0], exclude)
@@ -204,7 +201,7 @@ def make_plan(config: RunConfig, cache_dir: Path) -> Plan:
                     {t.request.name: t.size for t in resolved}, tuple(p.name for p in policies),
                     tuple(c.name for c in controls), with_base=True,
                     available={t.request.name: t.available for t in resolved})
-    return Plan(policies, controls, resolved, exclude, design, overrides)
+    return Plan(policies, controls, resolved, exclude, design)
 
 
 def run(config: RunConfig, resume: bool = False) -> RunResult:
