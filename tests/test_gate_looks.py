@@ -20,7 +20,7 @@ from release_gate.evaluation.engine import Arm
 from release_gate.evaluation.runner import ResolvedTask, TaskRequest
 from release_gate.gate import boundaries, stats
 from release_gate.gate.advice import items_needed
-from release_gate.gate.decide import decide, run_gate
+from release_gate.gate.decide import decide, gate_outcome, run_gate
 from release_gate.gate.looks import Design
 from release_gate.gate.rules import GateRule, TaskRule
 from release_gate.ledger import Ledger, gate_key
@@ -52,7 +52,7 @@ def _advised_reruns(scores: dict, rule: GateRule, limit: int, available: int, re
     """Run a gate, then re-run it after INCONCLUSIVE as the advice says, ``reruns`` times at most."""
     design = Design(rule, TARGET, (), {"t": limit}, ("v",), CONTROL, with_base=False, available={"t": available})
     for attempt in range(reruns + 1):
-        decision = run_gate(design, _fetch(scores), record_bounds=False, summaries=False)
+        decision = gate_outcome(design, _fetch(scores))
         if decision.outcome != "INCONCLUSIVE" or attempt == reruns:
             return decision
         needed = items_needed(decision.verdicts, design) or {}
@@ -80,7 +80,7 @@ def test_a_non_finite_score_is_refused_naming_arm_task_and_item(bad) -> None:
         decide(scores, TARGET, (), GateRule(sequential=False), ["v"], ["random_index@0", "random_index@1"])
     design = Design(GateRule(), TARGET, (), {"t": 200}, ("v",), ("random_index@0", "random_index@1"), with_base=False)
     with pytest.raises(ValueError, match="arm v, task t, item 7"):
-        run_gate(design, _fetch(scores), summaries=False)
+        run_gate(design, _fetch(scores))
 
 
 # --- path 4: a dead guard --------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_a_dead_guard_is_never_passed(sequential: bool) -> None:
     """Every arm, base included, scores 0 on every guard item: the gate used to PROMOTE. Now INCONCLUSIVE,
     the first reason naming the guard and why, and no warning says the opposite."""
     design = Design(GateRule(sequential=sequential), TARGET, GUARD, {"t": 200, "g": 64}, ("v",), CONTROL)
-    d = run_gate(design, _fetch(_dead_guard_scores(True)), record_bounds=False)
+    d = run_gate(design, _fetch(_dead_guard_scores(True)))
     assert d.outcome == "INCONCLUSIVE" and d.promoted is None
     assert d.reasons[0] == ("INCONCLUSIVE: guard g: base and baseline score 0 on all 64 items, so it cannot show a "
                             "drop; no variant can be promoted on it — use items the models can pass and fail")
@@ -113,7 +113,7 @@ def test_a_dead_guard_is_never_passed(sequential: bool) -> None:
 
 def test_a_dead_guard_without_a_base_arm_and_at_the_ceiling() -> None:
     design = Design(GateRule(sequential=False), TARGET, GUARD, {"t": 200, "g": 64}, ("v",), CONTROL, with_base=False)
-    d = run_gate(design, _fetch(_dead_guard_scores(False, 1.0)), record_bounds=False)
+    d = run_gate(design, _fetch(_dead_guard_scores(False, 1.0)))
     assert d.outcome == "INCONCLUSIVE"
     assert d.reasons[0].startswith("INCONCLUSIVE: guard g: baseline scores 1 on all 64 items, so it cannot show")
 
@@ -121,7 +121,7 @@ def test_a_dead_guard_without_a_base_arm_and_at_the_ceiling() -> None:
 def test_a_dead_guard_rejects_in_point_mode() -> None:
     """``mode: point`` knows only PROMOTE and REJECT: the dead guard still blocks, and the reason names it."""
     design = Design(GateRule(mode="point"), TARGET, GUARD, {"t": 200, "g": 64}, ("v",), CONTROL)
-    d = run_gate(design, _fetch(_dead_guard_scores(True)), record_bounds=False)
+    d = run_gate(design, _fetch(_dead_guard_scores(True)))
     assert d.outcome == "REJECT" and d.reasons[0].startswith("REJECT: guard g: base and baseline score 0")
 
 
@@ -232,7 +232,7 @@ def test_a_second_run_sees_the_first_runs_looks_from_the_ledger(tmp_path: Path) 
     first = Design(GateRule(), TARGET, (), {"t": 200}, ("v",), CONTROL, with_base=False)
     ledger = _open(tmp_path, first)
     assert ledger.runs == [] and ledger.design(first) == first
-    one = run_gate(ledger.design(first), _fetch(scores), summaries=False)
+    one = gate_outcome(ledger.design(first), _fetch(scores))
     history = ledger.record(one, "/runs/one", "2026-12-03T18:00:00Z")
     assert [h.look for h in history] == list(range(1, len(one.looks) + 1))
     assert {h.run for h in history} == {"/runs/one"}
@@ -243,7 +243,7 @@ def test_a_second_run_sees_the_first_runs_looks_from_the_ledger(tmp_path: Path) 
     continued = ledger.design(raised)
     assert [(h.n, h.t) for h in continued.history] == [(h.n, h.t) for h in one.history]
     assert continued.times[len(one.looks)] > one.history[-1].t
-    two = run_gate(continued, _fetch(scores), summaries=False)
+    two = gate_outcome(continued, _fetch(scores))
     history = ledger.record(two, "/runs/one", "2026-12-03T19:00:00Z")
     assert len(history) == len(one.looks) + len(two.looks)
     assert two.looks[0].look == len(one.looks) + 1
@@ -252,7 +252,7 @@ def test_a_second_run_sees_the_first_runs_looks_from_the_ledger(tmp_path: Path) 
 
     replay = _open(tmp_path, first)  # the first run's limits again: its decision, from its own history
     assert replay.replaying == 0 and replay.design(first).history == ()
-    assert run_gate(replay.design(first), _fetch(scores), summaries=False).outcome == one.outcome
+    assert gate_outcome(replay.design(first), _fetch(scores)).outcome == one.outcome
     replay.record(one, "/runs/one", "2026-12-03T20:00:00Z")
     assert len(json.loads(ledger.path.read_text())["runs"]) == 2  # a replay records nothing new
 
@@ -265,7 +265,7 @@ def test_another_sample_order_or_alpha_on_a_recorded_gate_is_refused(tmp_path: P
     design = Design(GateRule(sequential=False), TARGET, (), {"t": 100}, ("v",), CONTROL, with_base=False)
     scores = _null_gate_scores(np.random.default_rng(6), 100)
     ledger = _open(tmp_path, design)
-    ledger.record(run_gate(design, _fetch(scores), summaries=False), "/runs/one", "2026-12-03T18:00:00Z")
+    ledger.record(gate_outcome(design, _fetch(scores)), "/runs/one", "2026-12-03T18:00:00Z")
     with pytest.raises(BadInput, match=r"look ledger .*ledgers/.*\.json: .*evaluation.sample_seed"):
         _open(tmp_path, replace(design, limits={"t": 200}), seed=1)
     with pytest.raises(BadInput, match="gate.alpha"):

@@ -83,14 +83,39 @@ class Decision:
         }
 
 
-def run_gate(design: Design, fetch: Fetch, record_bounds: bool = True, summaries: bool = True) -> Decision:
-    """Evaluate look by look through ``fetch`` and decide (see the module docstring).
-
-    ``record_bounds`` adds every criterion's confidence bound to each look's record; ``summaries``
-    builds the comparisons, task summaries and arm scores of the report. Simulations skip both.
-    """
-    gate = GateRun(design, fetch, record_bounds)
+def run_gate(design: Design, fetch: Fetch) -> Decision:
+    """Evaluate look by look through ``fetch`` and decide, with everything the report shows (see the module
+    docstring): reasons and advice, comparisons, task summaries, arm scores and each look's bounds."""
+    gate = GateRun(design, fetch, record_bounds=True)
     gate.run()
+    decision, blocked = _outcome(gate, design)
+    rule = design.rule
+    reasons = reasons_for(decision.outcome, decision.promoted, decision.verdicts, rule, len(design.history))
+    if blocked:
+        reasons[0] = f"{decision.outcome}: " + "; ".join(dead_guard_reasons(gate.board, design))
+    elif decision.outcome == Outcome.INCONCLUSIVE:
+        decision.items_needed = items_needed(decision.verdicts, design)
+        reasons[0] += "; " + (advice(decision.items_needed, design) if decision.items_needed
+                              else no_advice(decision.verdicts, design))
+    decision.reasons = reasons
+    decision.comparisons = comparisons_for(gate.board, list(gate.board.scores), design.variants, design.controls,
+                                           design.targets, design.guards, rule)
+    decision.tasks = task_summaries(decision.comparisons, design, gate.evaluated)
+    decision.arm_scores = arm_scores(gate.board.scores, design.rules, rule.alpha)
+    return decision
+
+
+def gate_outcome(design: Design, fetch: Fetch) -> Decision:
+    """The same looks, verdicts and outcome as :func:`run_gate`, without the report's parts (reasons,
+    comparisons, summaries, per-look bounds): what a simulation of thousands of gates needs."""
+    gate = GateRun(design, fetch, record_bounds=False)
+    gate.run()
+    return _outcome(gate, design)[0]
+
+
+def _outcome(gate: GateRun, design: Design) -> tuple[Decision, bool]:
+    """Holm-adjusted verdicts, the outcome and the warnings of a finished gate; and whether a dead guard is
+    what keeps a variant fit on every live criterion from passing."""
     rule = design.rule
     if rule.holm and rule.mode == "statistical":
         names = list(design.variants)
@@ -107,20 +132,8 @@ def run_gate(design: Design, fetch: Fetch, record_bounds: bool = True, summaries
         outcome = Outcome.REJECT
     live = [r for r in design.rules if r.name not in gate.dead]
     warnings = [*dead, *budget_warnings(live, design.limits, rule.alpha)]
-    if not summaries:
-        return Decision(outcome, winner, [], verdicts, [], {}, {}, rule, design, gate.looks, gate.evaluated, warnings)
-    reasons = reasons_for(outcome, winner, verdicts, rule, len(design.history))
-    needed = None
-    if blocked:
-        reasons[0] = f"{outcome}: " + "; ".join(dead)
-    elif outcome == Outcome.INCONCLUSIVE:
-        needed = items_needed(verdicts, design)
-        reasons[0] += "; " + (advice(needed, design) if needed else no_advice(verdicts, design))
-    comparisons = comparisons_for(gate.board, list(gate.board.scores), design.variants, design.controls,
-                                  design.targets, design.guards, rule)
-    return Decision(outcome, winner, reasons, verdicts, comparisons, task_summaries(comparisons, design, gate.evaluated),
-                    arm_scores(gate.board.scores, design.rules, rule.alpha), rule, design, gate.looks,
-                    gate.evaluated, warnings, needed)
+    return Decision(outcome, winner, [], verdicts, [], {}, {}, rule, design, gate.looks, gate.evaluated,
+                    warnings), blocked
 
 
 def decide(scores: Scores, targets: Sequence[TaskRule], guards: Sequence[TaskRule], rule: GateRule,

@@ -2,10 +2,11 @@
 
 A scenario and one draw of its per-item scores come from :mod:`.scenarios` (the effect model and the
 metric kinds); this module runs gates on them and names the regimes. The gate itself is
-:func:`~.decide.run_gate`, unchanged: its fetch callback hands out prefixes of the drawn scores and counts
-the arm × item evaluations, so the same run gives outcomes and cost. A scenario may re-run an
-INCONCLUSIVE gate as the product advises (limits raised to the advised items, capped by what each task
-has, the same items continued), put a NaN into one score (the gate must refuse it), or score the base
+:func:`~.decide.gate_outcome` (:func:`~.decide.run_gate`'s looks and outcome without the report's
+parts): its fetch callback hands out prefixes of the drawn scores and counts the arm × item
+evaluations, so the same run gives outcomes and cost. A scenario may re-run an INCONCLUSIVE gate as
+the product advises (limits raised to the advised items, capped by what each task has, the same items
+continued), put a NaN into one score (the gate must refuse it), or score the base
 model too (a dead guard: base and baseline without variance). Used by the tests (false-PROMOTE ≤ α in
 every null scenario, power), ``benchmarks/bench_sequential.py`` and ``benchmarks/bench_gate_size.py``
 (every regime, 2,000 gates each).
@@ -23,7 +24,7 @@ import numpy as np
 from ..errors import ReleaseGateError
 from ..schema import Outcome
 from .advice import items_needed
-from .decide import Decision, run_gate
+from .decide import Decision, gate_outcome
 from .looks import Design
 from .rules import GateRule
 from .scenarios import Effect, Scenario, draw, same_effect
@@ -50,7 +51,7 @@ def simulate_gate(scenario: Scenario, rule: GateRule, rng: np.random.Generator) 
 
     design = Design(rule, targets, guards, scenario.limits, tuple(scenario.variants), tuple(scenario.controls),
                     with_base=scenario.base is not None, available=available)
-    decision = run_gate(design, fetch, record_bounds=False, summaries=False)
+    decision = gate_outcome(design, fetch)
     for _ in range(scenario.reruns):
         if decision.outcome != Outcome.INCONCLUSIVE:
             break
@@ -58,7 +59,7 @@ def simulate_gate(scenario: Scenario, rule: GateRule, rng: np.random.Generator) 
         if raised == design.limits:
             break
         design = replace(design, limits=raised, history=decision.history)
-        decision = run_gate(design, fetch, record_bounds=False, summaries=False)
+        decision = gate_outcome(design, fetch)
     return decision
 
 
