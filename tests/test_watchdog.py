@@ -72,3 +72,23 @@ def test_sigterm_during_calibration_exits_143(tmp_path, base_config):
     run.send_signal(signal.SIGTERM)  # the plan is announced: calibration and the variants come next
     assert run.wait(120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert "starting the vLLM engine" not in log.read_text()
+
+
+def test_sigterm_inside_a_finalizer_still_stops_the_run(tmp_path):
+    """A signal handled while garbage collection runs a ``__del__`` (seen: regex's ``SetBase.__del__`` during
+    calibration) raised SystemExit into the finalizer, where Python prints and drops it: the run went on."""
+    script = tmp_path / "finalizer.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from release_gate.evaluation.engine import exit_on_sigterm\n"
+        "exit_on_sigterm()\n"
+        "class Collected:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.01)  # the handler runs here, inside the finalizer\n"
+        "Collected()\n"
+        "time.sleep(10)\n"
+        "print('the run went on')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stdout + done.stderr
+    assert "the run went on" not in done.stdout

@@ -235,8 +235,22 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_system_exit)
 
 
-def _raise_system_exit(signum: int, frame: object) -> None:
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    if _in_finalizer(frame):
+        # an exception raised inside ``__del__`` is printed ("Exception ignored in") and dropped, and the run
+        # would go on: deliver the signal again once the finalizer has returned
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     raise SystemExit(128 + signum)
+
+
+def _in_finalizer(frame: Any) -> bool:
+    """Whether the interrupted code runs inside an object's ``__del__`` (garbage collection can call one anywhere)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Engine:
