@@ -44,7 +44,7 @@ from release_gate.embedded_demo import (  # noqa: E402
     write_generative_task,
     write_single_instruction_ifeval,
 )
-from release_gate.evaluation.engine import Arm, Engine, EngineSettings, resolve_dtype  # noqa: E402
+from release_gate.evaluation.engine import Arm, Engine, EngineSettings, cpu_flags, resolve_dtype  # noqa: E402
 from release_gate.evaluation.in_process import VllmBackend  # noqa: E402
 from release_gate.evaluation.runner import TaskRequest, resolve_task  # noqa: E402
 from release_gate.evaluation.session import EvaluationSession  # noqa: E402
@@ -181,7 +181,7 @@ def main() -> None:
         prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                       return_dict=True)["input_ids"]) for p in ifeval]
         speed = {engine: throughput(engine, assets.model_dir, arms, prompts) for engine in ENGINES}
-    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith("avx512")})
+    flags = sorted(f for f in cpu_flags() if f.startswith("avx512"))
     default = ("merged", resolve_dtype("auto"))
     lines.append(f"workload: base + 4 o/down rank-8 LoRA arms; {args.csqa} CSQA-in-words (chat) + {args.csqa} CSQA "
                  f"multiple choice + {args.ifeval} IFEval single-instruction (≤128 tokens); SmolLM2-135M; "
