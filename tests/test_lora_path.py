@@ -1,7 +1,8 @@
-"""Merged-weight LoRA arms (``lora_path: merged``, the CPU's default for o/down adapters) on a real engine.
+"""Merged-weight LoRA arms (``lora_path: merged``, the CPU's default) on a real engine.
 
 The merged path writes ``W + s·B·A`` into the running vLLM-CPU engine per arm and restores the base weights
-after. Checked against an implementation we did not write — transformers + PEFT in float32 — on the
+after; one adapter is on o/down only, the other on all seven projections (so q/k/v and gate/up land in their
+blocks of vLLM's packed ``qkv_proj``/``gate_up_proj``). Checked against an implementation we did not write — transformers + PEFT in float32 — on the
 log-likelihood of every prompt token: each arm's scores match PEFT's within float noise, an arm's scores
 differ from the base model's by far more than that noise (so the check can fail), the base model's scores
 are the same before and after an adapter has been merged (the restore is exact), and arms interleaved in one
@@ -34,11 +35,13 @@ TOLERANCE = 2e-3
 def setup(tmp_path_factory):
     assets = fetch()
     root = tmp_path_factory.mktemp("lora-path")
-    adapters = [smollm2_adapter(assets.model_dir, root / f"a{seed}", seed=seed, r=8, alpha=16,
-                                targets=("o_proj", "down_proj"), b_std=0.05) for seed in (1, 2)]
+    # an o/down adapter (the demo's shape) and one on all seven projections (packed q/k/v and gate/up blocks)
+    adapters = [smollm2_adapter(assets.model_dir, root / "a1", seed=1, r=8, alpha=16,
+                                targets=("o_proj", "down_proj"), b_std=0.05),
+                smollm2_adapter(assets.model_dir, root / "a2", seed=2)]
     arms = [Arm.base(), *(Arm.from_adapter(f"a{i}", path) for i, path in enumerate(adapters))]
     settings = EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=512, dtype="float32")  # as PEFT below
-    assert settings.lora_path == "merged"  # auto on a machine without CUDA, o/down adapters
+    assert settings.lora_path == "merged"  # auto on a machine without CUDA
     with Engine(settings) as engine:
         yield assets, arms, engine
 
@@ -97,8 +100,10 @@ def test_base_weights_are_restored_exactly_and_order_does_not_matter(setup):
     assert mixed[2 * len(TEXTS):] == engine_logprobs(engine, [a0])
 
 
-def test_auto_keeps_multi_lora_for_packed_projections_and_merged_refuses_them():
+def test_auto_merges_every_llama_projection_and_merged_refuses_other_modules():
     packed = Arm("qv", Path("/adapter"), "x" * 64, 8, ("o_proj", "q_proj"))
-    assert resolve_lora_path("auto", [Arm.base(), packed]) == "multi_lora"
-    with pytest.raises(BadInput, match="q_proj"):
-        resolve_lora_path("merged", [packed])
+    assert resolve_lora_path("auto", [Arm.base(), packed]) == "merged"
+    head = Arm("head", Path("/adapter"), "y" * 64, 8, ("lm_head", "o_proj"))
+    assert resolve_lora_path("auto", [Arm.base(), packed, head]) == "multi_lora"
+    with pytest.raises(BadInput, match="lm_head"):
+        resolve_lora_path("merged", [head])

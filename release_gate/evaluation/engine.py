@@ -23,11 +23,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..constants import BF16_CPU_FLAGS, LORA_PATHS, SUPPORTED_LORA_RANKS, VLLM_MAX_LORA_RANK
+from ..constants import (
+    BF16_CPU_FLAGS,
+    LLAMA_PROJECTIONS,
+    LORA_PATHS,
+    SUPPORTED_LORA_RANKS,
+    VLLM_MAX_LORA_RANK,
+)
 from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from ..surgery.adapter import load_adapter
-from .merged import MergedLoraExtension, mergeable
+from .merged import MERGEABLE_PROJECTIONS, MergedLoraExtension, mergeable
 from .watchdog import Watchdog
 
 #: The worker extension that merges an arm's update into the engine's weights (``lora_path: merged``).
@@ -37,16 +43,17 @@ MERGED_EXTENSION = f"{MergedLoraExtension.__module__}.{MergedLoraExtension.__qua
 def resolve_lora_path(requested: str, arms: Sequence[Arm]) -> str:
     """``auto`` → ``merged`` on a machine without CUDA when every adapter arm can be merged, else ``multi_lora``.
 
-    An explicit ``merged`` for adapters with packed projections (q/k/v, gate/up) is refused, naming them.
+    An explicit ``merged`` for adapters on modules the merged path cannot write (anything but the seven LLaMA
+    projections, e.g. ``lm_head``) is refused, naming them.
     """
     if requested not in LORA_PATHS:
         raise BadInput(f"evaluation.lora_path: {requested!r} is not one of {', '.join(LORA_PATHS)}")
     adapters = [a for a in arms if a.adapter is not None]
     can_merge = all(mergeable(a.projections) for a in adapters)
     if requested == "merged" and not can_merge:
-        odd = sorted({p for a in adapters for p in a.projections} - {"o_proj", "down_proj"})
-        raise BadInput(f"evaluation.lora_path: merged needs adapters on o_proj/down_proj only; these arms also "
-                       f"adapt {', '.join(odd)} (use multi_lora or auto)")
+        odd = sorted({p for a in adapters for p in a.projections} - MERGEABLE_PROJECTIONS)
+        raise BadInput(f"evaluation.lora_path: merged writes only {', '.join(LLAMA_PROJECTIONS)}; these arms also "
+                       f"adapt {', '.join(odd) or 'nothing (no adapter modules)'} (use multi_lora or auto)")
     if requested != "auto":
         return requested
     import torch
