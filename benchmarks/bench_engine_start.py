@@ -7,7 +7,10 @@ the second run is reported: the compile cache is then warm, as on any machine af
 - ``aot``: vLLM 0.32's default with torch 2.13 (``VLLM_USE_AOT_COMPILE=1``), the AOT-compiled model is saved
   but not read back ("'function' object has no attribute 'finalize_loading'"), so the model compiles anew;
 - ``cache``: ``VLLM_USE_AOT_COMPILE=0``, vLLM's own compile cache (release-gate's CPU default);
-- ``eager``: ``enforce_eager`` (no compilation at all), for reference: the start it saves, the decode it costs.
+- ``eager``: ``enforce_eager`` (no compilation at all), for reference: the start it saves, the decode it costs;
+- ``inproc``: ``cache`` with the engine core inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no engine
+  processes to spawn, each of which imports torch and vLLM again), for reference: not release-gate's default,
+  whose watchdog, interrupt handling and run log assume engine processes.
 
 Each process starts SmolLM2-135M in the CPU's default dtype, decodes 64 prompts × 64 tokens (after a
 4-prompt warm-up) and closes the engine. Prints seconds per phase and the ratios to ``aot``.
@@ -28,7 +31,8 @@ from pathlib import Path
 #: setting → (environment, engine arguments)
 SETTINGS = {"aot": ({"VLLM_USE_AOT_COMPILE": "1"}, {}),
             "cache": ({"VLLM_USE_AOT_COMPILE": "0"}, {}),
-            "eager": ({"VLLM_USE_AOT_COMPILE": "0"}, {"enforce_eager": True})}
+            "eager": ({"VLLM_USE_AOT_COMPILE": "0"}, {"enforce_eager": True}),
+            "inproc": ({"VLLM_USE_AOT_COMPILE": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, {})}
 
 
 def child(extra: dict) -> dict[str, float]:

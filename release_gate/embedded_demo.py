@@ -97,13 +97,13 @@ TARGET_TASK = "commonsense_qa_gen_heldout"
 #: Scored strictly: the answer is the gold option's words and nothing else (``commonsense_qa_gen``'s
 #: ``exact``), the format the adapter was trained to write; ``acc`` also credits a letter or extra words.
 TARGET_METRIC = "exact"
-#: Held-out items the demo scores: all 381, so that the first look (half of them) already separates the arms.
+#: Held-out items the demo scores: all 381, so that the first look (40% of them) already separates the arms.
 TARGET_LIMIT = None
-#: The demo's looks, as fractions of each task's items: a first look at half the items (190 target items, 32
-#: guard prompts) is where every arm sits at its own point of the reward-vs-risk plot and the adapter's effect
-#: over base is far beyond p = 0.001; at a quarter (48 items) two controls changed no item and sat on top of
-#: each other (docs/demo-recipes.md).
-DEMO_LOOKS = (0.5, 1.0)
+#: The demo's looks, as fractions of each task's items: at a first look at 40% of the items (153 target items,
+#: 26 guard prompts) every arm sits at its own point of the reward-vs-risk plot and the adapter's effect over
+#: base is far beyond p = 0.001 (40 / 0, p = 9e-13); at a quarter (48 items) two controls changed no item and sat
+#: on top of each other (docs/demo-recipes.md). Half the items separated the arms too, at more cost.
+DEMO_LOOKS = (0.4, 1.0)
 
 
 def write_generative_task(rows: list[dict[str, Any]], indices: range, directory: Path) -> Path:

@@ -81,7 +81,7 @@ def test_demo_runs_the_sequential_gate_and_reruns_from_cache(tmp_path, caplog):
     assert decision["arms"]["random_index@0"]["policy"]["amp_factor"] == DEMO_CONTROL_PARAMS["amp_factor"]
     assert decision["tasks"][TARGET_TASK]["role"] == "target"
     assert decision["tasks"][GUARD_TASK]["role"] == "guard"
-    assert decision["design"]["sequential"] and decision["design"]["looks"] == list(SMALL.looks) == [0.5, 1.0]
+    assert decision["design"]["sequential"] and decision["design"]["looks"] == list(SMALL.looks) == [0.4, 1.0]
     for name in ("report.html", "summary.md", "junit.xml", "inspect.json", "config.yaml"):
         assert (out / name).is_file(), name
     assert json.loads((out / "inspect.json").read_text())["n_modules"] == 60

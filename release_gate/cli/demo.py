@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and three random_index seeds, target = CommonsenseQA answered in words on the 381 held-out rows (scored "
         "exactly: the gold option's words and nothing else), guard = IFEval's single-instruction prompts through "
         "the chat template (64 of the 305, ≤128 tokens, budget 20 points, above its planned MDE of 16.2), in the "
-        "product's default sequential gate with two looks, at half and all of the items (an arm stops once it can "
+        "product's default sequential gate with two looks, at 40% and all of the items (an arm stops once it can "
         "no longer pass); then decision.json, "
         "summary.md, junit.xml and report.html. A re-run reuses every cache.",
         epilog=RUN_EPILOG,
