@@ -57,12 +57,11 @@ def blocks(layers: dict[str, Any], packed: dict[str, list[str]]) -> dict[str, Bl
     for name, layer in layers.items():
         prefix, _, leaf = name.rpartition(".")
         parts = packed.get(leaf, [leaf])
-        sizes = list(getattr(layer, "output_sizes", None) or [layer.output_size]) if len(parts) > 1 else [None]
+        sizes = list(layer.output_sizes) if len(parts) > 1 else [int(layer.output_size)]
         if len(sizes) != len(parts):
             raise ValueError(f"merged LoRA: {name} packs {parts} but has {len(sizes)} output blocks")
         start = 0
         for part, size in zip(parts, sizes):
-            size = size if size is not None else int(layer.output_size)
             out[f"{prefix}.{part}"] = Block(name, start, start + size)
             start += size
     return out
@@ -142,11 +141,10 @@ def _read_base_weights(model_dir: Path, layers: dict[str, Any], where: dict[str,
     missing = sorted(set(where) - set(parts))
     if missing:
         raise ValueError(f"merged LoRA: {len(missing)} base weights not in {model_dir} (first: {missing[0]})")
-    out = {}
-    for name in layers:
-        owned = sorted((block.start, module) for module, block in where.items() if block.layer == name)
-        out[name] = torch.cat([parts[module] for _, module in owned]) if len(owned) > 1 else parts[owned[0][1]]
-    return out
+    rows: dict[str, list[Any]] = {name: [] for name in layers}
+    for module, block in sorted(where.items(), key=lambda item: item[1].start):
+        rows[block.layer].append(parts[module])
+    return {name: torch.cat(pieces) if len(pieces) > 1 else pieces[0] for name, pieces in rows.items()}
 
 
 def _dispatch(layer: Any) -> None:
